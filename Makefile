@@ -1,0 +1,28 @@
+# ebpf-edge-agent — see README.md. Every target provisions itself through dev-setup.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+AGENT  := $(VENV)/bin/ebpf-edge-agent
+PYTEST_ARGS ?=
+
+.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean
+
+dev-setup:
+	@./scripts/dev-setup.sh
+
+test: dev-setup
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: dev-setup
+	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+test-bpf: dev-setup
+	$(PY) -m pytest -ra tests/bpf $(PYTEST_ARGS)
+
+smoke-test: dev-setup
+	$(AGENT) smoke-test
+
+check-kernel: dev-setup
+	$(AGENT) check-kernel
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

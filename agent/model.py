@@ -1,0 +1,91 @@
+"""Shared value types passed between layers. No IO, no BCC."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from agent.stats.histogram import SlotLayout, diff_counts
+
+
+class ProbeStateKind(str, enum.Enum):
+    UP = "up"
+    DOWN = "down"  # tried and failed (compile, attach, permission, read error)
+    UNSUPPORTED = "unsupported"  # this kernel lacks what the probe needs
+
+
+@dataclass(frozen=True)
+class ProbeState:
+    probe: str
+    state: ProbeStateKind
+    reason: str = ""
+    detail: Mapping[str, str] = field(default_factory=dict)  # e.g. {"reason_source": "format"}
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative (or windowed) log-linear histogram: ``{slot: count}`` plus the sum of values."""
+
+    layout: SlotLayout
+    counts: Mapping[int, int]
+    total: int  # sum of the recorded values, in the probe's unit
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class ProbeSnapshot:
+    """What one probe's maps held at one instant (cumulative since the probe started).
+
+    ``hists`` and ``counts`` are keyed by the probe's kernel-side key rendered as text: the
+    local address for the TCP probes, the drop reason name for ``skb_drop``, ``""`` for a
+    node-wide figure. ``lost`` counts events the kernel could not record (a bounded map was
+    full); it is never hidden.
+    """
+
+    probe: str
+    unit: str  # unit of histogram values: "us", "ns"; "" when there are none
+    taken_at: float  # time.monotonic()
+    hists: Mapping[str, Histogram] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    lost: int = 0
+
+    @property
+    def events(self) -> int:
+        return sum(h.count for h in self.hists.values()) + sum(self.counts.values())
+
+
+def window(prev: ProbeSnapshot | None, cur: ProbeSnapshot) -> tuple[ProbeSnapshot, bool]:
+    """The difference ``cur - prev`` of two cumulative snapshots of one probe.
+
+    Returns ``(window, reset)``; on a reset (a counter went backwards) the window is what
+    accumulated since the reset. Without ``prev`` the window is everything since the start.
+    """
+    if prev is None:
+        return cur, False
+    if prev.probe != cur.probe:
+        raise ValueError(f"cannot difference snapshots of {prev.probe!r} and {cur.probe!r}")
+    reset = False
+    hists = {}
+    for key, h in cur.hists.items():
+        p = prev.hists.get(key)
+        if p is None:
+            hists[key] = h
+            continue
+        counts, r = diff_counts(p.counts, h.counts)
+        if r or h.total < p.total:
+            reset = True
+            hists[key] = h
+        elif counts:
+            hists[key] = Histogram(h.layout, counts, h.total - p.total)
+    counts, r = diff_counts(prev.counts, cur.counts)
+    reset = reset or r or cur.lost < prev.lost or any(k not in cur.hists for k in prev.hists)
+    if reset:
+        return cur, True
+    return (
+        ProbeSnapshot(cur.probe, cur.unit, cur.taken_at, hists, counts, cur.lost - prev.lost),
+        False,
+    )

@@ -1,0 +1,230 @@
+"""The probe protocol and the BCC-owning base class: compile, attach, check, read, close.
+
+This is the only module that imports ``bcc`` (lazily, inside ``start``), so ``import agent``
+and the unit tests work on machines without BCC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import ClassVar, Iterator, Mapping, Protocol
+
+from agent.config import Config
+from agent.kernel import KernelInfo
+from agent.model import Histogram, ProbeSnapshot
+from agent.stats.histogram import SlotLayout
+
+log = logging.getLogger(__name__)
+
+
+class ProbeUnsupported(Exception):
+    """The running kernel lacks something the probe needs (reported as ``unsupported``)."""
+
+
+class ProbeError(Exception):
+    """The probe could not be compiled, attached, checked or read (reported as ``down``)."""
+
+
+class Probe(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def read(self) -> ProbeSnapshot: ...
+
+    def close(self) -> None: ...
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what the C++ side of BCC (clang) writes to fd 2 while compiling."""
+    out: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _first_errors(text: str, limit: int = 3) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
+    return " | ".join(lines[:limit])
+
+
+def render_addr(raw: bytes) -> str:
+    """16 address bytes from the kernel -> text; IPv4-mapped addresses render as IPv4."""
+    a = ipaddress.IPv6Address(bytes(raw))
+    return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
+
+
+def read_prog_stats(fd: int, proc_root: str = "/proc") -> tuple[int, int] | None:
+    """(run_time_ns, run_cnt) of a loaded program, from its fdinfo (needs bpf_stats_enabled)."""
+    try:
+        with open(f"{proc_root}/self/fdinfo/{fd}") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["run_time_ns"]), int(fields["run_cnt"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class BccProbe:
+    """One BPF source file, compiled and attached on its own, read as a cumulative snapshot."""
+
+    name: ClassVar[str]
+    source: ClassVar[str]  # file name below Config.bpf_dir
+    required: ClassVar[tuple[str, ...]]  # tracepoints that must exist ("system:event")
+    unit: ClassVar[str] = ""
+    # map name -> (key size, leaf size) as Python reads them; checked right after load
+    contract: ClassVar[Mapping[str, tuple[int, int]]] = {}
+
+    def __init__(self, config: Config, kernel: KernelInfo) -> None:
+        self.config = config
+        self.kernel = kernel
+        self._bpf = None
+        self.detail: dict[str, str] = {}
+
+    # -- to be extended by probes -------------------------------------------------------
+    def defines(self) -> dict[str, int | str]:
+        return {}
+
+    def snapshot(self, bpf) -> ProbeSnapshot:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def expected_entries(self) -> Mapping[str, int]:
+        """map name -> max_entries the probe asked for (checked after load)."""
+        return {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def check_supported(self) -> None:
+        if self.kernel.tracefs is None:
+            raise ProbeUnsupported("tracefs is not mounted (tried "
+                                   + ", ".join(str(p) for p in self.config.tracefs_roots) + ")")
+        for tp in self.required:
+            if self.kernel.tracepoint(tp) is None:
+                raise ProbeUnsupported(f"tracepoint {tp} not found in {self.kernel.tracefs}/events")
+
+    def cflags(self) -> list[str]:
+        flags = [f"-I{self.config.bpf_dir}"]
+        for k, v in sorted(self.defines().items()):
+            flags.append(f"-D{k}={v}" if v is not None else f"-D{k}")
+        return flags
+
+    def start(self) -> None:
+        if self._bpf is not None:
+            return
+        self.check_supported()
+        if not self.kernel.bpf_permitted:
+            raise ProbeError(f"not permitted to load BPF: {self.kernel.bpf_permission_detail}")
+        src = self.config.bpf_dir / self.source
+        if not src.is_file():
+            raise ProbeError(f"BPF source {src} not found")
+        try:
+            from bcc import BPF  # the distribution's python3-bpfcc, never PyPI's "bcc"
+        except ImportError as e:
+            raise ProbeError(f"cannot import bcc ({e}); install the distribution package "
+                             "python3-bpfcc and run make dev-setup") from e
+        t0 = time.monotonic()
+        bpf = None
+        with _captured_stderr() as captured:
+            try:
+                bpf = BPF(src_file=str(src).encode(), cflags=self.cflags())
+            except Exception as e:  # BCC raises bare Exception for compile and attach errors
+                err = e
+            else:
+                err = None
+        diag = captured[0] if captured else ""
+        if err is not None:
+            detail = _first_errors(diag)
+            if self.kernel.headers.kind == "none":
+                detail = (detail + " | " if detail else "") + (
+                    f"no kernel headers at {self.kernel.headers.path}")
+            raise ProbeError(f"{err}" + (f": {detail}" if detail else ""))
+        if diag.strip():
+            log.debug("probe %s: compiler output: %s", self.name, diag.strip())
+        try:
+            self._check_contract(bpf)
+        except ProbeError:
+            bpf.cleanup()
+            raise
+        self._bpf = bpf
+        self.detail["load_seconds"] = f"{time.monotonic() - t0:.2f}"
+        log.info("probe %s: loaded and attached to %s in %.2fs", self.name,
+                 ", ".join(self.attached()), time.monotonic() - t0)
+
+    def attached(self) -> list[str]:
+        return [tp for tp in self.required]
+
+    def _check_contract(self, bpf) -> None:
+        for mapname, (ksize, vsize) in self.contract.items():
+            try:
+                table = bpf[mapname]
+            except KeyError:
+                raise ProbeError(f"map {mapname} missing from {self.source}") from None
+            # per-CPU maps: BCC keeps the single-CPU leaf type as sLeaf
+            leaf = getattr(table, "sLeaf", table.Leaf)
+            got = (ctypes.sizeof(table.Key), ctypes.sizeof(leaf))
+            if got != (ksize, vsize):
+                raise ProbeError(f"map {mapname}: key/leaf size {got} != expected {(ksize, vsize)}")
+        for mapname, entries in self.expected_entries().items():
+            got = bpf[mapname].max_entries
+            if got != entries:
+                raise ProbeError(f"map {mapname}: max_entries {got} != expected {entries}")
+
+    def read(self) -> ProbeSnapshot:
+        if self._bpf is None:
+            raise ProbeError(f"probe {self.name} is not started")
+        return self.snapshot(self._bpf)
+
+    def close(self) -> None:
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+
+    @property
+    def started(self) -> bool:
+        return self._bpf is not None
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """program name -> (run_time_ns, run_cnt); empty unless kernel.bpf_stats_enabled=1."""
+        if self._bpf is None:
+            return {}
+        out = {}
+        for fname, fn in self._bpf.funcs.items():
+            st = read_prog_stats(fn.fd, str(self.config.proc_root))
+            if st is not None:
+                name = fname.decode() if isinstance(fname, bytes) else fname
+                out[name] = st
+        return out
+
+    # -- reading helpers -------------------------------------------------------------------
+    @staticmethod
+    def percpu_sum(values, field: str | None = None) -> int:
+        if field is None:
+            return sum(int(v) if not hasattr(v, "value") else int(v.value) for v in values)
+        return sum(int(getattr(v, field)) for v in values)
+
+    @staticmethod
+    def lost(bpf, mapname: str) -> int:
+        table = bpf[mapname]
+        return sum(int(v) for v in table[ctypes.c_int(0)])
+
+
+def hist_from_slots(layout: SlotLayout, slots: Mapping[int, tuple[int, int]]) -> Histogram:
+    """``{slot: (count, sum)}`` -> Histogram."""
+    counts = {s: c for s, (c, _) in slots.items() if c}
+    return Histogram(layout, counts, sum(t for _, t in slots.values()))

@@ -1,0 +1,37 @@
+"""tcp_retrans: retransmitted skbs per local address, from tcp:tcp_retransmit_skb."""
+
+from __future__ import annotations
+
+import time
+
+from agent.model import ProbeSnapshot
+from agent.probes.base import BccProbe, ProbeUnsupported, render_addr
+
+
+class TcpRetransProbe(BccProbe):
+    name = "tcp_retrans"
+    source = "tcp_retrans.bpf.c"
+    required = ("tcp:tcp_retransmit_skb",)
+    unit = ""
+    contract = {"retrans_by_addr": (16, 8), "retrans_lost": (4, 8)}
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        fmt = self.kernel.tracepoint("tcp:tcp_retransmit_skb")
+        if not fmt.has("saddr_v6"):
+            raise ProbeUnsupported("tcp:tcp_retransmit_skb has no saddr_v6 field on this kernel")
+
+    def defines(self) -> dict:
+        return {"RETRANS_MAX_ENTRIES": self.config.max_addresses,
+                "HIST_SUB_BITS": 5, "HIST_MAX_SHIFT": 0}
+
+    def expected_entries(self):
+        return {"retrans_by_addr": self.config.max_addresses}
+
+    def snapshot(self, bpf) -> ProbeSnapshot:
+        counts: dict[str, int] = {}
+        for k, v in bpf["retrans_by_addr"].items():
+            addr = render_addr(bytes(k.addr))
+            counts[addr] = counts.get(addr, 0) + int(v.value)
+        return ProbeSnapshot(self.name, self.unit, time.monotonic(), counts=counts,
+                             lost=self.lost(bpf, "retrans_lost"))

@@ -1,0 +1,1 @@
+"""Pure math: no IO, no kernel, no BCC."""

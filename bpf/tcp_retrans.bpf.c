@@ -1,0 +1,36 @@
+/* tcp_retrans: retransmitted skbs, per local address.
+ *
+ * tcp:tcp_retransmit_skb fires once per retransmitted skb; with TSO/GSO one skb can carry many
+ * segments, so these are skb counts (the segment rate comes from the kernel's SNMP counters).
+ * saddr_v6 always holds the local address, IPv4 as IPv4-mapped (TP_STORE_ADDRS), so no family
+ * field is needed (5.10 has none).
+ *
+ * Map retrans_by_addr: key {local address} -> count. Bounded; overflow counted in retrans_lost.
+ */
+#include "common.h"
+
+BPF_HASH(retrans_by_addr, struct addr_key, u64, RETRANS_MAX_ENTRIES);
+BPF_PERCPU_ARRAY(retrans_lost, u64, 1);
+
+static __always_inline void count_lost(void)
+{
+    int zero = 0;
+    u64 *lost = retrans_lost.lookup(&zero);
+    if (lost)
+        (*lost)++;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
+{
+    struct addr_key key = {};
+    __builtin_memcpy(key.addr, args->saddr_v6, 16);
+
+    u64 zero = 0;
+    u64 *v = retrans_by_addr.lookup_or_try_init(&key, &zero);
+    if (!v) {
+        count_lost();
+        return 0;
+    }
+    __sync_fetch_and_add(v, 1);
+    return 0;
+}

@@ -1,0 +1,57 @@
+/* tcp_rtt: smoothed RTT of TCP connections, sampled on ACK processing.
+ *
+ * tcp:tcp_probe fires from tcp_rcv_established(), the path that runs tcp_ack(); its srtt field
+ * is tp->srtt_us >> 3, i.e. microseconds. saddr/daddr hold a struct sockaddr_in or
+ * sockaddr_in6 whose first two bytes are the address family (true on every kernel, including
+ * those whose tracepoint has no separate "family" field).
+ *
+ * Map rtt_hist: key {local address (16 bytes), slot} -> {count, sum of srtt in us}.
+ * Bounded by RTT_MAX_ENTRIES; an event that finds it full is counted in rtt_lost.
+ */
+#include <linux/in6.h>
+#include "common.h"
+
+struct rtt_key {
+    u8 addr[16];
+    u32 slot;
+};
+
+BPF_HASH(rtt_hist, struct rtt_key, struct hist_value, RTT_MAX_ENTRIES);
+BPF_PERCPU_ARRAY(rtt_lost, u64, 1);
+
+static __always_inline void count_lost(void)
+{
+    int zero = 0;
+    u64 *lost = rtt_lost.lookup(&zero);
+    if (lost)
+        (*lost)++;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_probe)
+{
+    struct rtt_key key = {};
+    u16 family = *(u16 *)&args->saddr[0];
+
+    if (family == AF_INET) {
+        /* struct sockaddr_in: family(2) port(2) addr(4) */
+        addr_from_v4(key.addr, &args->saddr[4]);
+    } else if (family == AF_INET6) {
+        /* struct sockaddr_in6: family(2) port(2) flowinfo(4) addr(16) */
+        __builtin_memcpy(key.addr, &args->saddr[8], 16);
+    } else {
+        return 0;
+    }
+
+    u64 srtt_us = args->srtt;
+    key.slot = hist_slot(srtt_us);
+
+    struct hist_value zero = {};
+    struct hist_value *v = rtt_hist.lookup_or_try_init(&key, &zero);
+    if (!v) {
+        count_lost();
+        return 0;
+    }
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->sum, srtt_us);
+    return 0;
+}
