@@ -445,3 +445,19 @@ def detect(tracefs_candidates: Sequence[Path], btf_path: Path, modules_root: Pat
         kprobes=kprobes,
         notes=tuple(notes),
     )
+
+
+_BPF_ENABLE_STATS = 32
+
+
+def enable_bpf_stats() -> int | None:
+    """Turn on per-program run time accounting (like sysctl kernel.bpf_stats_enabled=1) for as
+    long as the returned fd stays open; closing it restores the previous state, even if the
+    process dies. Returns None where the kernel (< 5.8) or the permissions don't allow it."""
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(16)  # type = BPF_STATS_RUN_TIME (0)
+    fd = libc.syscall(nr, _BPF_ENABLE_STATS, attr, ctypes.sizeof(attr))
+    return fd if fd >= 0 else None

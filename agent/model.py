@@ -89,3 +89,20 @@ def window(prev: ProbeSnapshot | None, cur: ProbeSnapshot) -> tuple[ProbeSnapsho
         ProbeSnapshot(cur.probe, cur.unit, cur.taken_at, hists, counts, cur.lost - prev.lost),
         False,
     )
+
+
+def merge_histograms(hists) -> Histogram | None:
+    """Sum histograms of one layout (e.g. all local addresses -> node). None if there are none."""
+    hists = list(hists)
+    if not hists:
+        return None
+    layout = hists[0].layout
+    counts: dict[int, int] = {}
+    total = 0
+    for h in hists:
+        if h.layout != layout:
+            raise ValueError(f"cannot merge histograms of layouts {layout} and {h.layout}")
+        for s, c in h.counts.items():
+            counts[s] = counts.get(s, 0) + c
+        total += h.total
+    return Histogram(layout, counts, total)

@@ -1,0 +1,126 @@
+"""Runs every probe through one guard: start, read and close, each failure kept local.
+
+A probe whose start fails is ``down`` with the reason and is retried later with exponential
+backoff; a probe the kernel cannot support is ``unsupported`` (logged once, never retried);
+a probe that raises while being read goes ``down`` and is restarted by the same backoff. The
+others carry on in every case.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from agent.model import ProbeSnapshot, ProbeState, ProbeStateKind, window
+from agent.probes.base import Probe, ProbeUnsupported
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 30.0
+RETRY_MAX = 600.0
+
+
+@dataclass
+class _Slot:
+    probe: Probe
+    state: ProbeState
+    prev: ProbeSnapshot | None = None
+    retry_at: float = 0.0
+    retry_delay: float = RETRY_FIRST
+    failures: int = 0
+
+
+class ProbeSet:
+    def __init__(self, probes: list[Probe], clock: Callable[[], float] = time.monotonic,
+                 retry_first: float = RETRY_FIRST, retry_max: float = RETRY_MAX) -> None:
+        self._clock = clock
+        self._retry_first = retry_first
+        self._retry_max = retry_max
+        self._slots = {
+            p.name: _Slot(p, ProbeState(p.name, ProbeStateKind.DOWN, "not started"),
+                          retry_delay=retry_first)
+            for p in probes
+        }
+
+    @property
+    def states(self) -> dict[str, ProbeState]:
+        return {n: s.state for n, s in self._slots.items()}
+
+    def probe(self, name: str) -> Probe:
+        return self._slots[name].probe
+
+    def _detail(self, probe: Probe) -> Mapping[str, str]:
+        return dict(getattr(probe, "detail", {}) or {})
+
+    def _start(self, slot: _Slot) -> None:
+        p = slot.probe
+        try:
+            p.start()
+        except ProbeUnsupported as e:
+            slot.state = ProbeState(p.name, ProbeStateKind.UNSUPPORTED, str(e), self._detail(p))
+            log.warning("probe %s unsupported on this kernel: %s", p.name, e)
+            return
+        except Exception as e:  # noqa: BLE001 - the guard: one probe never stops the rest
+            self._fail(slot, f"start failed: {e}")
+            return
+        slot.state = ProbeState(p.name, ProbeStateKind.UP, "", self._detail(p))
+        slot.retry_delay = self._retry_first
+        slot.prev = None
+
+    def _fail(self, slot: _Slot, reason: str) -> None:
+        slot.failures += 1
+        slot.state = ProbeState(slot.probe.name, ProbeStateKind.DOWN, reason,
+                                self._detail(slot.probe))
+        slot.retry_at = self._clock() + slot.retry_delay
+        log.error("probe %s down: %s (retry in %.0fs)", slot.probe.name, reason, slot.retry_delay)
+        slot.retry_delay = min(slot.retry_delay * 2, self._retry_max)
+        try:
+            slot.probe.close()
+        except Exception as e:  # noqa: BLE001
+            log.debug("probe %s: close after failure: %s", slot.probe.name, e)
+
+    def start_all(self) -> dict[str, ProbeState]:
+        for slot in self._slots.values():
+            self._start(slot)
+        return self.states
+
+    def retry_due(self) -> None:
+        """Restart probes that are down and whose backoff has expired."""
+        now = self._clock()
+        for slot in self._slots.values():
+            if slot.state.state is ProbeStateKind.DOWN and now >= slot.retry_at:
+                log.info("probe %s: retrying start", slot.probe.name)
+                self._start(slot)
+
+    def read_all(self) -> dict[str, ProbeSnapshot]:
+        """Cumulative snapshots of every probe that is up; a failing read takes only that probe down."""
+        out = {}
+        for name, slot in self._slots.items():
+            if slot.state.state is not ProbeStateKind.UP:
+                continue
+            try:
+                out[name] = slot.probe.read()
+            except Exception as e:  # noqa: BLE001
+                self._fail(slot, f"read failed: {e}")
+        return out
+
+    def read_windows(self) -> dict[str, ProbeSnapshot]:
+        """Per-probe windows since the previous call (the first call: since the start)."""
+        out = {}
+        for name, snap in self.read_all().items():
+            slot = self._slots[name]
+            win, reset = window(slot.prev, snap)
+            if reset:
+                log.warning("probe %s: counters went backwards; window restarted", name)
+            slot.prev = snap
+            out[name] = win
+        return out
+
+    def close_all(self) -> None:
+        for slot in self._slots.values():
+            try:
+                slot.probe.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("probe %s: close failed: %s", slot.probe.name, e)

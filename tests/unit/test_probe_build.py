@@ -1,0 +1,107 @@
+"""Each probe builds itself from the fields the kernel really has (captured formats), without
+loading anything: defines, support checks and reason naming."""
+
+import dataclasses
+
+import pytest
+
+from agent import kernel as K
+from agent.config import Config
+from agent.probes import PROBE_CLASSES, ProbeUnsupported
+from agent.probes.base import render_addr
+from agent.probes.skb_drop import DROP_SLOTS, OUT_OF_RANGE, UNKNOWN, SkbDropProbe
+from tests.conftest import kernel_fixture, kernel_fixture_dirs
+
+
+def kinfo(prefix):
+    root = kernel_fixture(prefix)
+    k = K.detect([root], root / "no-btf", root, root, check_permission=False)
+    return k
+
+
+@pytest.mark.parametrize("kdir", kernel_fixture_dirs(), ids=lambda p: p.name)
+def test_all_probes_supported_on_every_captured_kernel(kdir):
+    k = K.detect([kdir], kdir / "no-btf", kdir, kdir, check_permission=False)
+    for cls in PROBE_CLASSES.values():
+        p = cls(Config(), k)
+        p.check_supported()  # raises if a needed field is missing
+        assert all(f.startswith("-I") or f.startswith("-D") for f in p.cflags())
+
+
+def test_skb_drop_without_reason_field_counts_unknown():
+    p = SkbDropProbe(Config(), kinfo("5.10"))
+    assert "HAVE_REASON" not in p.defines()
+    assert p.reason_name(DROP_SLOTS - 1) == UNKNOWN
+
+
+def test_skb_drop_with_reason_field_names_from_running_kernel():
+    p = SkbDropProbe(Config(), kinfo("6.12"))
+    assert p.defines()["HAVE_REASON"] == 1
+    assert p.reason_name(3) == "NO_SOCKET"
+    assert p.reason_name(11) == "NETFILTER_DROP"
+    assert p.reason_name(DROP_SLOTS - 2) == OUT_OF_RANGE
+    p61 = SkbDropProbe(Config(), kinfo("6.1"))
+    assert p61.reason_name(2) == "NO_SOCKET" and p61.reason_name(7) == "NETFILTER_DROP"
+
+
+def test_non_drops_are_not_named_as_drops():
+    k = kinfo("6.18")
+    k = dataclasses.replace(k, drop_reasons=K.resolve_drop_reasons(
+        k.tracepoint("skb:kfree_skb"), {"SKB_NOT_DROPPED_YET": 0, "SKB_CONSUMED": 1}))
+    p = SkbDropProbe(Config(), k)
+    assert p.reason_name(0) is None and p.reason_name(1) is None
+    assert p.reason_name(3) == "NO_SOCKET"
+
+
+def test_runqlat_uses_mask_from_format_and_wakeup_new_when_present():
+    k = kinfo("6.1")
+    p = PROBE_CLASSES["runqlat"](Config(), k)
+    d = p.defines()
+    assert d["RUNNABLE_STATE_MASK"] == "0xff" and d["HAVE_WAKEUP_NEW"] == 1
+    formats = dict(k.formats)
+    formats["sched:sched_wakeup_new"] = None
+    p2 = PROBE_CLASSES["runqlat"](Config(), dataclasses.replace(k, formats=formats))
+    assert "HAVE_WAKEUP_NEW" not in p2.defines()
+    assert "sched:sched_wakeup_new" not in p2.attached()
+
+
+def test_histogram_layout_defines_match_python_layout():
+    k = kinfo("6.18")
+    for name in ("tcp_rtt", "runqlat"):
+        p = PROBE_CLASSES[name](Config(), k)
+        d = p.defines()
+        assert d["HIST_SUB_BITS"] == p.layout.sub_bits == 5
+        assert d["HIST_MAX_SHIFT"] == p.layout.max_shift
+        assert p.layout.slots >= 700
+
+
+@pytest.mark.parametrize("tp,probe", [("tcp:tcp_probe", "tcp_rtt"),
+                                      ("tcp:tcp_retransmit_skb", "tcp_retrans"),
+                                      ("skb:kfree_skb", "skb_drop"),
+                                      ("sched:sched_switch", "runqlat")])
+def test_missing_tracepoint_is_unsupported_with_its_name(tp, probe):
+    k = kinfo("6.18")
+    formats = dict(k.formats)
+    formats[tp] = None
+    p = PROBE_CLASSES[probe](Config(), dataclasses.replace(k, formats=formats))
+    with pytest.raises(ProbeUnsupported, match=tp):
+        p.check_supported()
+
+
+def test_no_tracefs_is_unsupported():
+    k = dataclasses.replace(kinfo("6.18"), tracefs=None)
+    with pytest.raises(ProbeUnsupported, match="tracefs"):
+        PROBE_CLASSES["tcp_rtt"](Config(), k).check_supported()
+
+
+def test_addresses_render_ipv4_mapped_as_ipv4():
+    assert render_addr(bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])) == "10.0.0.1"
+    assert render_addr(b"\xfd" + bytes(14) + b"\x01") == "fd00::1"
+    assert render_addr(bytes(15) + b"\x01") == "::1"
+
+
+def test_config_validation_names_key_and_value():
+    with pytest.raises(ValueError, match="probes: unknown probe 'bogus'"):
+        Config(probes=("bogus",))
+    with pytest.raises(ValueError, match="max_addresses: 0"):
+        Config(max_addresses=0)
