@@ -275,6 +275,8 @@ def resolve_drop_reasons(fmt: TracepointFormat | None, btf_enum: Mapping[str, in
     if btf_enum:
         added = False
         for full, value in btf_enum.items():
+            if not 0 <= value < 1 << 16:  # e.g. SKB_DROP_REASON_SUBSYS_MASK, not a reason
+                continue
             short = full
             for prefix in ("SKB_DROP_REASON_", "SKB_"):
                 if short.startswith(prefix):

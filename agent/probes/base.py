@@ -172,7 +172,7 @@ class BccProbe:
     def _check_contract(self, bpf) -> None:
         for mapname, (ksize, vsize) in self.contract.items():
             try:
-                table = bpf[mapname]
+                table = bpf[mapname.encode()]
             except KeyError:
                 raise ProbeError(f"map {mapname} missing from {self.source}") from None
             # per-CPU maps: BCC keeps the single-CPU leaf type as sLeaf
@@ -181,7 +181,7 @@ class BccProbe:
             if got != (ksize, vsize):
                 raise ProbeError(f"map {mapname}: key/leaf size {got} != expected {(ksize, vsize)}")
         for mapname, entries in self.expected_entries().items():
-            got = bpf[mapname].max_entries
+            got = bpf[mapname.encode()].max_entries
             if got != entries:
                 raise ProbeError(f"map {mapname}: max_entries {got} != expected {entries}")
 
@@ -220,7 +220,7 @@ class BccProbe:
 
     @staticmethod
     def lost(bpf, mapname: str) -> int:
-        table = bpf[mapname]
+        table = bpf[mapname.encode()]
         return sum(int(v) for v in table[ctypes.c_int(0)])
 
 

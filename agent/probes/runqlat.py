@@ -63,7 +63,7 @@ class RunqlatProbe(BccProbe):
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         slots = {}
-        for k, per_cpu in bpf["runq_latency_hist"].items():
+        for k, per_cpu in bpf[b"runq_latency_hist"].items():
             c = self.percpu_sum(per_cpu, "count")
             if c:
                 slots[int(k.value)] = (c, self.percpu_sum(per_cpu, "sum"))

@@ -30,6 +30,7 @@ class SkbDropProbe(BccProbe):
         return d
 
     def start(self) -> None:
+        self.check_supported()
         self.detail["reason_names"] = (self.kernel.drop_reasons.source if self.has_reason
                                        else "no reason field: counted as 'unknown'")
         super().start()
@@ -48,7 +49,7 @@ class SkbDropProbe(BccProbe):
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         counts: dict[str, int] = {}
-        for k, per_cpu in bpf["drops_by_reason"].items():
+        for k, per_cpu in bpf[b"drops_by_reason"].items():
             total = self.percpu_sum(per_cpu)
             if not total:
                 continue

@@ -30,7 +30,7 @@ class TcpRetransProbe(BccProbe):
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         counts: dict[str, int] = {}
-        for k, v in bpf["retrans_by_addr"].items():
+        for k, v in bpf[b"retrans_by_addr"].items():
             addr = render_addr(bytes(k.addr))
             counts[addr] = counts.get(addr, 0) + int(v.value)
         return ProbeSnapshot(self.name, self.unit, time.monotonic(), counts=counts,

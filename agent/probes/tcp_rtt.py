@@ -51,7 +51,7 @@ class TcpRttProbe(BccProbe):
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         per_addr: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
-        for k, v in bpf["rtt_hist"].items():
+        for k, v in bpf[b"rtt_hist"].items():
             per_addr[render_addr(bytes(k.addr))][int(k.slot)] = (int(v.count), int(v.sum))
         layout = self.layout
         return ProbeSnapshot(

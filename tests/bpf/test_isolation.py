@@ -1,0 +1,105 @@
+"""One probe failing never stops the others; bounded maps count what they could not hold."""
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config
+from agent.model import ProbeStateKind
+from agent.probes import PROBE_CLASSES
+from agent.probes.tcp_retrans import TcpRetransProbe
+from agent.sampler import ProbeSet
+from agent import smoke
+
+pytestmark = pytest.mark.bpf
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class BrokenRetransProbe(TcpRetransProbe):
+    """Compiles against a missing define: a real BCC compile error."""
+
+    def defines(self):
+        d = super().defines()
+        del d["RETRANS_MAX_ENTRIES"]
+        return d
+
+
+def test_missing_tracepoint_and_compile_error_leave_the_others_counting(config, kernel):
+    formats = dict(kernel.formats)
+    formats["skb:kfree_skb"] = None  # simulate a kernel without the tracepoint
+    k = dataclasses.replace(kernel, formats=formats)
+    probes = [PROBE_CLASSES["tcp_rtt"](config, k), BrokenRetransProbe(config, k),
+              PROBE_CLASSES["skb_drop"](config, k), PROBE_CLASSES["runqlat"](config, k)]
+    ps = ProbeSet(probes)
+    try:
+        states = ps.start_all()
+        assert states["skb_drop"].state is ProbeStateKind.UNSUPPORTED
+        assert "skb:kfree_skb" in states["skb_drop"].reason
+        assert states["tcp_retrans"].state is ProbeStateKind.DOWN
+        assert "RETRANS_MAX_ENTRIES" in states["tcp_retrans"].reason
+        assert states["tcp_rtt"].state is ProbeStateKind.UP
+        assert states["runqlat"].state is ProbeStateKind.UP
+        ps.read_windows()
+        smoke.tcp_transfer(nbytes=4 << 20, seconds=1)
+        smoke.cpu_contention(0.3)
+        win = ps.read_windows()
+    finally:
+        ps.close_all()
+    assert set(win) == {"tcp_rtt", "runqlat"}
+    assert win["tcp_rtt"].events > 0 and win["runqlat"].events > 0
+
+
+def test_full_address_map_counts_lost_events(kernel):
+    """retrans_by_addr bounded to one address: a second address's retransmits are 'lost'."""
+    p = TcpRetransProbe(Config(max_addresses=1), kernel)
+    ps = ProbeSet([p])
+    try:
+        assert ps.start_all()["tcp_retrans"].state is ProbeStateKind.UP
+        lst = socket.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        clients = []
+        for src in ("127.0.0.1", "127.0.0.2", "127.0.0.1", "127.0.0.2"):
+            c = socket.socket()
+            c.bind((src, 0))
+            c.setblocking(False)
+            c.connect_ex(lst.getsockname())
+            clients.append(c)
+        time.sleep(2.5)
+        snap = p.read()
+        for c in clients:
+            c.close()
+        lst.close()
+    finally:
+        ps.close_all()
+    assert len(snap.counts) == 1
+    assert sum(snap.counts.values()) > 0 and snap.lost > 0, snap
+
+
+def test_smoke_test_command_reports_all_probes_up_with_events():
+    out = subprocess.run([str(VENV_BIN / "ebpf-edge-agent"), "smoke-test", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0, (out.stdout, out.stderr[-2000:])
+    assert doc["passed"] is True
+    assert set(doc["probes"]) == {"tcp_rtt", "tcp_retrans", "skb_drop", "runqlat"}
+    for name, p in doc["probes"].items():
+        assert p["state"] == "up" and p["events"] > 0, (name, p)
+    assert doc["probes"]["skb_drop"]["top_reasons"].get("NO_SOCKET", 0) >= 1
+    assert doc["probes"]["tcp_rtt"]["p50"] > 0
+
+
+def test_check_kernel_command():
+    out = subprocess.run([str(VENV_BIN / "ebpf-edge-agent"), "check-kernel"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for needle in ("tracefs", "btf", "kernel headers", "bpf permission", "cgroup v2",
+                   "tracepoint tcp:tcp_probe", "probe runqlat"):
+        assert needle in out.stdout
