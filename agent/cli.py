@@ -66,7 +66,8 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], bool, dict]:
         if fmt is None:
             lines.append((f"tracepoint {tp}", "absent"))
         else:
-            lines.append((f"tracepoint {tp}", f"yes ({len(fmt.fields) - 4} fields)"))
+            names = [f for f in fmt.fields if not f.startswith("common_")]
+            lines.append((f"tracepoint {tp}", "yes: " + " ".join(names)))
     kfree = k.tracepoint("skb:kfree_skb")
     if kfree is not None and kfree.has("reason"):
         lines.append(("drop reasons", f"{len(k.drop_reasons.names)} names from {k.drop_reasons.source}"))
