@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 AGENT  := $(VENV)/bin/ebpf-edge-agent
 PYTEST_ARGS ?=
 
-.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean
+.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels
 
 dev-setup:
 	@./scripts/dev-setup.sh
@@ -23,6 +23,10 @@ smoke-test: dev-setup
 
 check-kernel: dev-setup
 	$(AGENT) check-kernel
+
+# boots Debian's 5.10, 6.1 and 6.12 kernels in QEMU and runs the probes there (not part of make test)
+test-kernels: dev-setup
+	./scripts/kernel-matrix/run.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
