@@ -6,18 +6,21 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 
 from agent import __version__
-from agent.config import PROBE_NAMES, Config
+from agent.config import ConfigError, Config, load_config
 from agent.kernel import KernelInfo, detect, enable_bpf_stats
 
 log = logging.getLogger("agent")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -159,6 +162,119 @@ def cmd_smoke_test(args: argparse.Namespace, config: Config) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# run
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from agent.export.extender import Pusher
+    from agent.sampler import ProbeSet
+    from agent.server import Server
+    from agent.service import ReportBox, Sampler, make_registry
+
+    box = ReportBox()
+    holder: dict = {}
+
+    def states():
+        ps = holder.get("probes")
+        return ps.states if ps is not None else {}
+
+    # bind the port before loading any BPF: an unusable port is a config error (exit 2)
+    try:
+        server = Server(config.listen_host, config.listen_port, registry=None, latest=box.report,
+                        payload=box.payload, states=states)
+    except OSError as e:
+        print(f"ebpf-edge-agent: invalid configuration: listen: {config.listen!r} cannot be bound "
+              f"({e.strerror or e}); choose a free HOST:PORT", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    pusher = None
+    if config.extender_url:
+        pusher = Pusher(config.extender_url, config.push_timeout,
+                        token_file=config.extender_token_file, ca_file=config.extender_ca_file,
+                        verify=config.extender_tls_verify,
+                        backoff_max=max(1.0, config.push_interval))
+    sampler_holder: dict = {}
+
+    def sampler_metrics():
+        s = sampler_holder.get("sampler")
+        return s.metrics() if s is not None else iter(())
+
+    extras = [sampler_metrics] + ([pusher.metrics] if pusher else [])
+    server.registry = make_registry(box, extras)
+    server.start()
+    log.info("serving /metrics /healthz /readyz /report on %s (node %s)", config.listen,
+             config.resolved_node_name())
+
+    kernel = _kernel(config)
+    probes = ProbeSet(_make_probes(config, kernel))
+    holder["probes"] = probes
+    try:
+        st = probes.start_all()
+        bad = {n: s for n, s in st.items() if s.state.value != "up"}
+        if config.strict and bad:
+            for n, s in bad.items():
+                log.error("strict: probe %s is %s: %s", n, s.state.value, s.reason)
+            return 1
+        if stop.is_set():
+            return 0
+        sampler = Sampler(config, probes, _pod_source(config))
+        sampler_holder["sampler"] = sampler
+        sampler.start()
+        if pusher:
+            pusher.start()
+        interval = config.sample_interval
+        next_tick = time.monotonic() + interval
+        next_push = 0.0
+        while not stop.wait(max(0.0, next_tick - time.monotonic())):
+            report = sampler.tick()
+            payload = box.publish(report)
+            now = time.monotonic()
+            if pusher and now >= next_push:
+                pusher.offer(payload)
+                next_push = now + config.push_interval
+            next_tick += interval
+            if next_tick < now:  # overran: skip to the next future slot, never burst
+                next_tick = now + interval
+        return 0
+    finally:
+        t0 = time.monotonic()
+        server.stop()
+        if pusher:
+            pusher.stop(timeout=1.0)
+        probes.close_all()
+        log.info("stopped in %.2fs (probes detached)", time.monotonic() - t0)
+
+
+def _pod_source(config: Config):
+    from agent.service import NoPods
+
+    return NoPods()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+# flag name -> Config key, for the flags that map onto config keys
+RUN_FLAGS = {
+    "listen": "HOST:PORT to serve /metrics /healthz /readyz /report on (default 0.0.0.0:9810)",
+    "node_name": "node name (default: $NODE_NAME, else the host name)",
+    "cgroup_root": "cgroup v2 root (default: detected)",
+    "sample_interval": "seconds per window (default 10)",
+    "extender_url": "scheduler extender base URL; reports go to <url>/metrics/report (default: off)",
+    "push_interval": "seconds between pushes (default 30)",
+    "push_timeout": "seconds per push attempt (default 5)",
+    "kubernetes": "auto | on | off (default auto: in-cluster when the service account exists)",
+    "tenant_label": "pod label naming the tenant (default: the namespace)",
+    "log_level": "debug | info | warning | error (default info)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ebpf-edge-agent {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent: sample, serve, push (foreground)")
+    for key, helptext in RUN_FLAGS.items():
+        run.add_argument("--" + key.replace("_", "-"), dest=key, default=None, help=helptext)
+    run.add_argument("--strict", dest="strict", action="store_const", const="true", default=None,
+                     help="exit if any probe fails to start (for tests)")
 
     ck = sub.add_parser("check-kernel", help="what this kernel supports, one line per feature")
     ck.add_argument("--json", action="store_true", help="print one JSON document")
@@ -175,20 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--bpf-stats", action="store_true",
                     help="measure each probe's kernel run time per event (BPF_ENABLE_STATS, "
                          "released when the test ends)")
-    for sp in (ck, st):
-        sp.add_argument("--probes", default=",".join(PROBE_NAMES),
+    for sp in (run, ck, st):
+        sp.add_argument("--config", default=None, help="YAML config file")
+        sp.add_argument("--probes", dest="probes", default=None,
                         help="comma-separated probes (default: all)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    flags = {"probes": args.probes}
+    if args.command == "run":
+        flags.update({k: getattr(args, k) for k in RUN_FLAGS})
+        flags["strict"] = args.strict
     try:
-        config = Config(probes=tuple(x for x in args.probes.split(",") if x))
-    except ValueError as e:
+        config = load_config(args.config, os.environ, flags)
+    except ConfigError as e:
         print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
         return 2
+    _setup_logging("debug" if args.verbose else config.log_level)
+    if args.command == "run":
+        return cmd_run(args, config)
     if args.command == "check-kernel":
         return cmd_check_kernel(args, config)
     if args.command == "smoke-test":

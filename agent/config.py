@@ -1,38 +1,329 @@
-"""Config: one frozen object built once and passed in. Every filesystem root is a field so the
-whole agent can run against fixture trees."""
+"""Config: one frozen object, built once from defaults < YAML file < environment < flags.
+
+Every key can be set in the YAML file (same name), by an environment variable
+``EBPF_EDGE_AGENT_<KEY>`` (upper case) and, for the common ones, by a flag; flags win. An
+invalid config raises :class:`ConfigError`, whose message names the key, the bad value, where
+it came from and what is allowed; the CLI turns it into exit status 2 before any BPF is loaded.
+Every filesystem root is a field so the whole agent can run against fixture trees.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
 
 PROBE_NAMES = ("tcp_rtt", "tcp_retrans", "skb_drop", "runqlat")
+ENV_PREFIX = "EBPF_EDGE_AGENT_"
+DEFAULT_PORT = 9810
+SIGNALS = ("rtt_p99", "retrans_rate", "drop_rate", "runqlat_p95", "cpu_util")
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, value: Any, allowed: str, source: str = "") -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        where = f" (from {source})" if source else ""
+        super().__init__(f"{key}: {value!r} is not valid{where}: {allowed}")
 
 
 def _default_bpf_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "bpf"
 
 
+def _default_weights() -> dict[str, float]:
+    return {"rtt_p99": 0.3, "retrans_rate": 0.2, "drop_rate": 0.2, "runqlat_p95": 0.15,
+            "cpu_util": 0.15}
+
+
+def _default_bounds() -> dict[str, tuple[float, float]]:
+    # value at which a signal starts to count (norm 0) and where it is as bad as it gets (norm 1)
+    return {
+        "rtt_p99": (1.0, 200.0),  # ms
+        "retrans_rate": (0.0, 0.05),  # retransmitted / sent segments
+        "drop_rate": (0.0, 200.0),  # weighted drops per second
+        "runqlat_p95": (0.1, 20.0),  # ms
+        "cpu_util": (0.5, 1.0),  # share of all CPUs
+    }
+
+
+def _default_drop_weights() -> dict[str, float]:
+    # Drops that say nothing about congestion or a sick node weigh 0; queue drops weigh 1.
+    return {
+        "NO_SOCKET": 0.0, "SOCKET_CLOSE": 0.0, "SOCKET_FILTER": 0.0, "OTHERHOST": 0.0,
+        "QUEUE_PURGE": 0.0, "UNIX_DISCONNECT": 0.0, "TCP_CLOSE": 0.0, "NOT_SPECIFIED": 0.1,
+        "QDISC_DROP": 1.0, "QDISC_OVERLIMIT": 1.0, "QDISC_CONGESTED": 1.0, "CPU_BACKLOG": 1.0,
+        "FULL_RING": 1.0, "SOCKET_RCVBUFF": 1.0, "SOCKET_BACKLOG": 1.0, "NETFILTER_DROP": 0.5,
+        "TCP_LISTEN_OVERFLOW": 1.0, "NOMEM": 1.0,
+    }
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    weights: Mapping[str, float] = field(default_factory=_default_weights)
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=_default_bounds)
+    drop_reason_weights: Mapping[str, float] = field(default_factory=_default_drop_weights)
+    default_drop_weight: float = 0.5
+
+
 @dataclass(frozen=True)
 class Config:
+    # service
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    node_name: str = ""  # empty: $NODE_NAME (downward API), else the host name
+    sample_interval: float = 10.0
+    log_level: str = "info"
+    strict: bool = False  # a probe failure is fatal (for tests)
+    # extender push
+    extender_url: str = ""  # empty: push off
+    push_interval: float = 30.0
+    push_timeout: float = 5.0
+    extender_token_file: str = ""
+    extender_ca_file: str = ""
+    extender_tls_verify: bool = True
+    # pods
+    cgroup_root: str = ""  # empty: detect the cgroup v2 mount
+    kubernetes: str = "auto"  # auto | on | off
+    tenant_label: str = ""  # empty: the namespace is the tenant
+    rtt_slo_annotation: str = "ebpf-edge-agent.io/rtt-slo-ms"
+    default_rtt_slo_ms: float = 100.0
+    # probes
     probes: tuple[str, ...] = PROBE_NAMES
+    max_addresses: int = 4096
+    max_tasks: int = 65536
+    hist_sub_bits: int = 5
+    # roots
     tracefs_roots: tuple[Path, ...] = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
     btf_path: Path = Path("/sys/kernel/btf/vmlinux")
     modules_root: Path = Path("/lib/modules")
     proc_root: Path = Path("/proc")
     bpf_dir: Path = field(default_factory=_default_bpf_dir)
-    # bounds of the kernel maps (entries); events that find a map full are counted as lost
-    max_addresses: int = 4096
-    max_tasks: int = 65536
-    hist_sub_bits: int = 5
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.probes if p not in PROBE_NAMES]
-        if unknown:
-            raise ValueError(f"probes: unknown probe {unknown[0]!r}; allowed: {', '.join(PROBE_NAMES)}")
-        for key in ("max_addresses", "max_tasks"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1 << 22:
-                raise ValueError(f"{key}: {v!r} is not an integer within 1..{1 << 22}")
-        if self.hist_sub_bits not in range(3, 8):
-            raise ValueError(f"hist_sub_bits: {self.hist_sub_bits!r} is not within 3..7")
+        validate(self)
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    def resolved_node_name(self) -> str:
+        return self.node_name or os.environ.get("NODE_NAME", "") or socket.gethostname()
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of a built Config (types already converted)
+
+
+def _check_positive(key: str, v: Any, lo: float, hi: float, unit: str = "seconds") -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not lo <= v <= hi:
+        raise ConfigError(key, v, f"a number of {unit} within {lo:g}..{hi:g}")
+
+
+def validate(c: Config) -> None:
+    # listen
+    host, sep, port = c.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise ConfigError("listen", c.listen, "HOST:PORT with a port in 1..65535 (e.g. 0.0.0.0:9810)")
+    _check_positive("sample_interval", c.sample_interval, 0.1, 3600)
+    _check_positive("push_interval", c.push_interval, 1, 86400)
+    _check_positive("push_timeout", c.push_timeout, 0.1, 300)
+    if c.push_timeout >= c.push_interval:
+        raise ConfigError("push_timeout", c.push_timeout,
+                          f"less than push_interval ({c.push_interval:g}s)")
+    if c.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level", c.log_level, "one of debug, info, warning, error")
+    if c.extender_url:
+        u = urlparse(c.extender_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError("extender_url", c.extender_url,
+                              "an http:// or https:// URL with a host, or empty to turn push off")
+        try:
+            u.port
+        except ValueError:
+            raise ConfigError("extender_url", c.extender_url, "a URL with a valid port") from None
+    for key in ("extender_token_file", "extender_ca_file"):
+        p = getattr(c, key)
+        if p and not Path(p).is_file():
+            raise ConfigError(key, p, "an existing readable file, or empty")
+    if c.kubernetes not in ("auto", "on", "off"):
+        raise ConfigError("kubernetes", c.kubernetes, "one of auto, on, off")
+    _check_positive("default_rtt_slo_ms", c.default_rtt_slo_ms, 0.001, 600_000, "milliseconds")
+    if not c.probes:
+        raise ConfigError("probes", list(c.probes), f"a non-empty list of {', '.join(PROBE_NAMES)}")
+    for p in c.probes:
+        if p not in PROBE_NAMES:
+            raise ConfigError("probes", p, f"one of {', '.join(PROBE_NAMES)}")
+    for key in ("max_addresses", "max_tasks"):
+        v = getattr(c, key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 22:
+            raise ConfigError(key, v, f"an integer within 1..{1 << 22}")
+    if isinstance(c.hist_sub_bits, bool) or c.hist_sub_bits not in range(3, 8):
+        raise ConfigError("hist_sub_bits", c.hist_sub_bits, "an integer within 3..7")
+    _validate_score(c.score)
+
+
+def _validate_score(s: ScoreConfig) -> None:
+    for k, w in s.weights.items():
+        if k not in SIGNALS:
+            raise ConfigError(f"score.weights.{k}", w, f"a weight for one of {', '.join(SIGNALS)}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise ConfigError(f"score.weights.{k}", w, "a number within 0..1")
+    total = sum(s.weights.values())
+    if not 0.99 <= total <= 1.01:
+        raise ConfigError("score.weights", dict(s.weights),
+                          f"weights that sum to 1 (these sum to {total:g})")
+    for k, b in s.bounds.items():
+        if k not in SIGNALS:
+            raise ConfigError(f"score.bounds.{k}", b, f"bounds for one of {', '.join(SIGNALS)}")
+        ok = (isinstance(b, (tuple, list)) and len(b) == 2
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
+              and b[0] < b[1])
+        if not ok:
+            raise ConfigError(f"score.bounds.{k}", b, "a pair [low, high] of numbers with low < high")
+    for k, w in s.drop_reason_weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            raise ConfigError(f"score.drop_reason_weights.{k}", w, "a number >= 0")
+    w = s.default_drop_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+        raise ConfigError("score.default_drop_weight", w, "a number >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading: defaults < file < environment < flags
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_SCORE_KEYS = {f.name for f in dataclasses.fields(ScoreConfig)}
+
+
+def _convert(key: str, raw: Any, source: str) -> Any:
+    """Turn a value from YAML (typed) or env/flags (strings) into the field's type."""
+    default = getattr(Config(), key) if key != "score" else None
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+        if isinstance(default, float):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if isinstance(default, str):
+            if not isinstance(raw, (str, int)) or isinstance(raw, bool):
+                raise ValueError
+            return str(raw)
+        if isinstance(default, Path):
+            if not isinstance(raw, str) or not raw:
+                raise ValueError
+            return Path(raw)
+        if isinstance(default, tuple):
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            items = tuple(i.strip() for i in items if i.strip())
+            if default and isinstance(default[0], Path):
+                return tuple(Path(i) for i in items)
+            return items
+    except (ValueError, TypeError):
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                tuple: "a list (or comma-separated string)"}.get(type(default), type(default).__name__)
+        if isinstance(default, Path):
+            kind = "a path"
+        raise ConfigError(key, raw, kind, source) from None
+    return raw
+
+
+def _unknown(key: str, known, source: str, prefix: str = "") -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+    return ConfigError(prefix + key, "(unknown key)",
+                       f"a known key{hint} (see README 'Configuration')", source)
+
+
+def _score_from(raw: Any, source: str) -> ScoreConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("score", raw, "a mapping with weights, bounds, drop_reason_weights", source)
+    base = ScoreConfig()
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in _SCORE_KEYS:
+            raise _unknown(str(k), _SCORE_KEYS, source, "score.")
+        if k == "default_drop_weight":
+            kw[k] = v
+            continue
+        if not isinstance(v, dict):
+            raise ConfigError(f"score.{k}", v, "a mapping", source)
+        merged = dict(getattr(base, k))
+        if k == "bounds":
+            merged.update({kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()})
+        else:
+            merged.update(v)
+        kw[k] = merged
+    return ScoreConfig(**kw)
+
+
+def load_config(file: str | None = None, env: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None) -> Config:
+    """Build the Config. ``flags`` holds only the flags given on the command line."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if file:
+        import yaml
+
+        try:
+            text = Path(file).read_text()
+        except OSError as e:
+            raise ConfigError("config", file, f"a readable YAML file ({e.strerror})") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError("config", file, f"valid YAML ({str(e).splitlines()[0]})") from None
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise ConfigError("config", file, "a YAML mapping of keys to values")
+        for k, v in doc.items():
+            k = str(k)
+            if k not in _FIELDS:
+                raise _unknown(k, _FIELDS, file)
+            src = f"{file}"
+            values[k] = _score_from(v, src) if k == "score" else _convert(k, v, src)
+            sources[k] = src
+    env = os.environ if env is None else env
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        k = name[len(ENV_PREFIX):].lower()
+        if k not in _FIELDS or k == "score":
+            raise _unknown(k, [f for f in _FIELDS if f != "score"], f"environment {name}")
+        values[k] = _convert(k, raw, f"environment {name}")
+        sources[k] = f"environment {name}"
+    for k, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        values[k] = _convert(k, raw, f"flag --{k.replace('_', '-')}")
+        sources[k] = f"flag --{k.replace('_', '-')}"
+    try:
+        return Config(**values)
+    except ConfigError as e:
+        src = sources.get(e.key.split(".")[0])
+        if src and "(from " not in str(e):
+            raise ConfigError(e.key, e.value, e.allowed, src) from None
+        raise

@@ -106,3 +106,100 @@ def merge_histograms(hists) -> Histogram | None:
             counts[s] = counts.get(s, 0) + c
         total += h.total
     return Histogram(layout, counts, total)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs from the node and pod readers, and the report built from them
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    cpu_allocatable: float | None  # cores
+    memory_allocatable: int | None  # bytes
+    cpu_utilization: float | None  # busy share of all CPUs over the window, 0..1
+    cpu_used: float | None  # cores
+    memory_used: int | None  # bytes
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """One pod as the pod readers see it for a window."""
+
+    uid: str
+    namespace: str
+    pod: str
+    tenant: str
+    cpu_used: float | None = None  # cores over the window
+    cpu_limit: float | None = None  # cores; None when unlimited
+    memory_used: int | None = None  # bytes (working set)
+    memory_limit: int | None = None  # bytes; None when unlimited
+    addresses: tuple[str, ...] = ()
+    host_network: bool = False
+    rtt_slo_ms: float | None = None  # from the pod's annotation
+
+
+@dataclass(frozen=True)
+class PodReport:
+    uid: str
+    namespace: str
+    pod: str
+    tenant: str
+    cpu_used: float | None
+    cpu_limit: float | None
+    memory_used: int | None
+    memory_limit: int | None
+    host_network: bool
+    rtt_slo_ms: float
+    rtt_samples: int | None = None  # None: not attributable / probe down
+    rtt_p50_ms: float | None = None
+    rtt_p99_ms: float | None = None
+    slo_violation_rate: float | None = None
+    retrans_events: int | None = None  # retransmitted skbs in the window
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    schema_version: str
+    agent_version: str
+    node_name: str
+    sequence: int
+    timestamp: str  # RFC 3339, UTC
+    window_seconds: float
+    probes: Mapping[str, ProbeState]
+    # network
+    rtt_p50_ms: float | None
+    rtt_p90_ms: float | None
+    rtt_p99_ms: float | None
+    rtt_samples: int | None
+    retrans_rate: float | None  # retransmitted / sent segments (SNMP, all namespaces)
+    sent_segments: int | None
+    retrans_segments: int | None
+    retrans_events: int | None  # retransmitted skbs seen by the probe
+    drop_rate: float | None  # dropped skbs per second (non-drops excluded)
+    drop_reason_rates: Mapping[str, float]
+    drop_rate_weighted: float | None
+    # scheduling
+    runqlat_p50_ms: float | None
+    runqlat_p95_ms: float | None
+    runqlat_p99_ms: float | None
+    # resources
+    cpu_utilization: float | None
+    cpu_allocatable: float | None
+    cpu_used: float | None
+    memory_allocatable: int | None
+    memory_used: int | None
+    dominant_share: float | None
+    per_task_fairness: float
+    slo_violation_rate: float | None
+    score: float | None
+    score_inputs: Mapping[str, float | None]
+    pods: tuple[PodReport, ...]
+    # cumulative state for counters and histograms, and the agent's own health
+    cumulative: Mapping[str, ProbeSnapshot]
+    program_stats: Mapping[str, Mapping[str, tuple[int, int]]]
+    sample_duration_seconds: float
+
+    @property
+    def tail_latency_p99(self) -> float | None:
+        return self.rtt_p99_ms

@@ -118,6 +118,27 @@ class ProbeSet:
             out[name] = win
         return out
 
+    def cumulative(self) -> dict[str, ProbeSnapshot]:
+        """The latest cumulative snapshot of every probe that is up."""
+        return {n: s.prev for n, s in self._slots.items()
+                if s.prev is not None and s.state.state is ProbeStateKind.UP}
+
+    def program_stats(self, enabled: bool = True) -> dict[str, dict[str, tuple[int, int]]]:
+        """Per-program kernel run time of each probe; empty when bpf stats are off (the kernel
+        then reports zeros, which would read as free)."""
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        if not enabled:
+            return out
+        for n, s in self._slots.items():
+            if s.state.state is ProbeStateKind.UP and hasattr(s.probe, "program_stats"):
+                try:
+                    st = s.probe.program_stats()
+                except Exception:  # noqa: BLE001
+                    st = {}
+                if st:
+                    out[n] = st
+        return out
+
     def close_all(self) -> None:
         for slot in self._slots.values():
             try:

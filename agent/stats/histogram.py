@@ -126,3 +126,43 @@ def merge_counts(many: Iterable[Mapping]) -> dict:
         for k, v in m.items():
             out[k] = out.get(k, 0) + v
     return out
+
+
+def export_bounds(layout: SlotLayout, per_octave: int, lo: int, hi: int) -> list[int]:
+    """Upper bounds for an exported (coarser) histogram, every one a slot boundary of
+    ``layout`` so that exported buckets are exact sums of slots.
+
+    ``per_octave`` boundaries per power of two (a power of two dividing SUB) from ``lo`` up to
+    ``hi`` (both powers of two).
+    """
+    if per_octave < 1 or layout.sub % per_octave:
+        raise ValueError(f"per_octave must divide {layout.sub}, got {per_octave}")
+    if lo < 1 or lo & (lo - 1) or hi & (hi - 1) or hi <= lo:
+        raise ValueError(f"lo and hi must be powers of two with lo < hi, got {lo}, {hi}")
+    out = []
+    e = lo.bit_length() - 1
+    while (1 << e) < hi:
+        base = 1 << e
+        for j in range(per_octave):
+            b = base + j * base // per_octave
+            if b >= lo and b == int(b):
+                out.append(b)
+        e += 1
+    out.append(hi)
+    return sorted(set(out))
+
+
+def cumulative_buckets(layout: SlotLayout, counts: Mapping[int, int],
+                       bounds: list[int]) -> list[int]:
+    """Cumulative counts at each upper bound (values < bound), then the total (+Inf)."""
+    items = sorted((layout.bounds(s)[1], c) for s, c in counts.items() if c)
+    out = []
+    i = 0
+    running = 0
+    for b in bounds:
+        while i < len(items) and items[i][0] <= b:
+            running += items[i][1]
+            i += 1
+        out.append(running)
+    out.append(sum(c for _, c in items))
+    return out

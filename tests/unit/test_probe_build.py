@@ -101,7 +101,7 @@ def test_addresses_render_ipv4_mapped_as_ipv4():
 
 
 def test_config_validation_names_key_and_value():
-    with pytest.raises(ValueError, match="probes: unknown probe 'bogus'"):
+    with pytest.raises(ValueError, match="probes: 'bogus' is not valid: one of tcp_rtt"):
         Config(probes=("bogus",))
-    with pytest.raises(ValueError, match="max_addresses: 0"):
+    with pytest.raises(ValueError, match="max_addresses: 0 is not valid"):
         Config(max_addresses=0)

@@ -1,0 +1,200 @@
+"""Renders the latest NodeReport for Prometheus. A scrape never triggers collection and never
+fails because a probe did: it reads one immutable report, and any rendering error is logged
+and counted instead of failing the scrape."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Iterator
+
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
+from prometheus_client.registry import Collector
+
+from agent.model import NodeReport, ProbeStateKind, merge_histograms
+from agent.stats.histogram import cumulative_buckets, export_bounds
+
+log = logging.getLogger(__name__)
+
+# exported histogram buckets: 4 per power of two, every bound a slot boundary
+HIST_EXPORT = {
+    # probe: (metric, help, unit scale to seconds, lo, hi in the probe's unit)
+    "tcp_rtt": ("ebpf_tcp_rtt_seconds",
+                "TCP smoothed RTT (srtt) sampled on ACK processing, all local addresses", 1e-6,
+                1 << 5, 1 << 25),
+    "runqlat": ("ebpf_runqlat_seconds",
+                "Run-queue latency: time from wakeup (or preemption) to running", 1e-9,
+                1 << 10, 1 << 34),
+}
+PER_OCTAVE = 4
+
+
+def _le(v: float) -> str:
+    return f"{v:.9g}"
+
+
+class ReportCollector(Collector):
+    """``latest`` returns the newest report or None; ``extra`` yields the agent's own metrics
+    (push, readiness) and must not raise."""
+
+    def __init__(self, latest: Callable[[], NodeReport | None],
+                 extra: Callable[[], Iterator[Metric]] | None = None) -> None:
+        self._latest = latest
+        self._extra = extra
+        self._errors = 0
+        self._lock = threading.Lock()
+
+    def describe(self) -> list:
+        return []  # dynamic: do not let the registry call collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        out: list[Metric] = []
+        try:
+            r = self._latest()
+            if r is not None:
+                out.extend(render_report(r))
+        except Exception:  # noqa: BLE001 - a scrape must never fail
+            log.exception("rendering /metrics failed; serving what was rendered")
+            with self._lock:
+                self._errors += 1
+        if self._extra is not None:
+            try:
+                out.extend(self._extra())
+            except Exception:  # noqa: BLE001
+                log.exception("rendering agent metrics failed")
+                with self._lock:
+                    self._errors += 1
+        err = CounterMetricFamily("ebpf_agent_render_errors",
+                                  "Errors while rendering /metrics (the scrape still succeeded)")
+        err.add_metric([], self._errors)
+        out.append(err)
+        return iter(out)
+
+
+def _gauge(name: str, doc: str, value: float | None, out: list) -> None:
+    """A node-level gauge; absent (not 0) when the figure is unavailable."""
+    if value is None:
+        return
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], float(value))
+    out.append(g)
+
+
+def render_report(r: NodeReport) -> list[Metric]:
+    out: list[Metric] = []
+    # --- the seed design's gauges (names fixed) -----------------------------------------------
+    _gauge("ebpf_rtt_p50_milliseconds", "TCP smoothed RTT p50 over the last window (ms)", r.rtt_p50_ms, out)
+    _gauge("ebpf_rtt_p90_milliseconds", "TCP smoothed RTT p90 over the last window (ms)", r.rtt_p90_ms, out)
+    _gauge("ebpf_rtt_p99_milliseconds", "TCP smoothed RTT p99 over the last window (ms)", r.rtt_p99_ms, out)
+    _gauge("ebpf_tcp_retrans_rate",
+           "Retransmitted / sent TCP segments over the last window, all network namespaces "
+           "(kernel SNMP segment counters)", r.retrans_rate, out)
+    _gauge("ebpf_drop_rate", "Dropped skbs per second over the last window (all reasons; "
+           "NOT_DROPPED_YET and CONSUMED are not drops)", r.drop_rate, out)
+    if r.drop_rate is not None:
+        g = GaugeMetricFamily("ebpf_drop_reason_rate",
+                              "Dropped skbs per second over the last window, by kernel drop reason",
+                              labels=["reason"])
+        for reason, rate in sorted(r.drop_reason_rates.items()):
+            g.add_metric([reason], rate)
+        out.append(g)
+    _gauge("ebpf_drop_rate_weighted", "Drop rate weighted by reason (score input), per second",
+           r.drop_rate_weighted, out)
+    _gauge("ebpf_runqlat_p50_milliseconds", "Run-queue latency p50 over the last window (ms)", r.runqlat_p50_ms, out)
+    _gauge("ebpf_runqlat_p95_milliseconds", "Run-queue latency p95 over the last window (ms)", r.runqlat_p95_ms, out)
+    _gauge("ebpf_runqlat_p99_milliseconds", "Run-queue latency p99 over the last window (ms)", r.runqlat_p99_ms, out)
+    _gauge("ebpf_cpu_utilization", "Busy share of all CPUs over the last window (0..1)", r.cpu_utilization, out)
+    # --- node figures -----------------------------------------------------------------------------
+    _gauge("ebpf_node_score", "Node score 0..100, higher is healthier", r.score, out)
+    _gauge("ebpf_dominant_share", "max(cpu used/allocatable, memory used/allocatable)", r.dominant_share, out)
+    _gauge("ebpf_per_task_fairness", "Jain's fairness index over tenants' dominant shares", r.per_task_fairness, out)
+    _gauge("ebpf_slo_violation_rate", "Share of RTT samples above their pod's SLO over the last window",
+           r.slo_violation_rate, out)
+    _gauge("ebpf_cpu_used_cores", "CPU used by the node over the last window (cores)", r.cpu_used, out)
+    _gauge("ebpf_cpu_allocatable_cores", "Allocatable CPU of the node (cores)", r.cpu_allocatable, out)
+    _gauge("ebpf_memory_used_bytes", "Memory used by the node (MemTotal - MemAvailable)", r.memory_used, out)
+    _gauge("ebpf_memory_allocatable_bytes", "Allocatable memory of the node", r.memory_allocatable, out)
+    _gauge("ebpf_report_window_seconds", "Length of the window the latest report covers", r.window_seconds, out)
+    _gauge("ebpf_report_sequence", "Sequence number of the latest report", r.sequence, out)
+    ni = GaugeMetricFamily("ebpf_node_info", "The node this agent runs on", labels=["node", "agent_version"])
+    ni.add_metric([r.node_name, r.agent_version], 1)
+    out.append(ni)
+    # --- probe health -----------------------------------------------------------------------------
+    up = GaugeMetricFamily("ebpf_probe_up", "1 when the probe is loaded, attached and read", labels=["probe"])
+    state = GaugeMetricFamily("ebpf_probe_state", "The probe's state (1 for the current one)",
+                              labels=["probe", "state"])
+    for name, st in sorted(r.probes.items()):
+        up.add_metric([name], 1 if st.state is ProbeStateKind.UP else 0)
+        for kind in ProbeStateKind:
+            state.add_metric([name, kind.value], 1 if st.state is kind else 0)
+    out += [up, state]
+    lost = CounterMetricFamily("ebpf_probe_lost_events",
+                               "Events a probe could not record because a bounded kernel map was full",
+                               labels=["probe"])
+    for name, snap in sorted(r.cumulative.items()):
+        lost.add_metric([name], snap.lost)
+    out.append(lost)
+    if r.program_stats:
+        rt = CounterMetricFamily("ebpf_probe_program_run_seconds",
+                                 "Kernel run time of each probe program (needs kernel.bpf_stats_enabled=1)",
+                                 labels=["probe", "program"])
+        rc = CounterMetricFamily("ebpf_probe_program_runs", "Runs of each probe program (bpf_stats)",
+                                 labels=["probe", "program"])
+        for probe, progs in sorted(r.program_stats.items()):
+            for prog, (ns, cnt) in sorted(progs.items()):
+                rt.add_metric([probe, prog], ns / 1e9)
+                rc.add_metric([probe, prog], cnt)
+        out += [rt, rc]
+    _gauge("ebpf_agent_sample_duration_seconds", "Time the last sampling cycle took",
+           r.sample_duration_seconds, out)
+    # --- Prometheus-native counters and histograms (cumulative since the probe started) -------
+    if "skb_drop" in r.cumulative:
+        c = CounterMetricFamily("ebpf_skb_drops", "Dropped skbs by kernel drop reason (skbs, not "
+                                "packets: one GRO skb can carry many)", labels=["reason"])
+        for reason, n in sorted(r.cumulative["skb_drop"].counts.items()):
+            c.add_metric([reason], n)
+        out.append(c)
+    if "tcp_retrans" in r.cumulative:
+        c = CounterMetricFamily("ebpf_tcp_retransmit_skbs",
+                                "Retransmitted TCP skbs (one TSO/GSO skb can carry many segments)")
+        c.add_metric([], sum(r.cumulative["tcp_retrans"].counts.values()))
+        out.append(c)
+    for probe, (name, doc, scale, lo, hi) in HIST_EXPORT.items():
+        snap = r.cumulative.get(probe)
+        if snap is None:
+            continue
+        h = merge_histograms(snap.hists.values())
+        if h is None:
+            continue
+        bounds = export_bounds(h.layout, PER_OCTAVE, lo, hi)
+        cum = cumulative_buckets(h.layout, h.counts, bounds)
+        buckets = [(_le(b * scale), c) for b, c in zip(bounds, cum)] + [("+Inf", cum[-1])]
+        hm = HistogramMetricFamily(name, doc)
+        hm.add_metric([], buckets, sum_value=h.total * scale)
+        out.append(hm)
+    # --- per pod (only pods in the latest report: gone pods stop appearing) --------------------
+    labels = ["namespace", "pod"]
+    fams = {
+        "rtt_p50": GaugeMetricFamily("ebpf_pod_rtt_p50_milliseconds", "Pod's TCP srtt p50 over the last window (ms)", labels=labels),
+        "rtt_p99": GaugeMetricFamily("ebpf_pod_rtt_p99_milliseconds", "Pod's TCP srtt p99 over the last window (ms)", labels=labels),
+        "slo": GaugeMetricFamily("ebpf_pod_slo_violation_rate", "Share of the pod's RTT samples above its SLO", labels=labels),
+        "cpu": GaugeMetricFamily("ebpf_pod_cpu_used_cores", "Pod CPU used over the last window (cores)", labels=labels),
+        "cpu_limit": GaugeMetricFamily("ebpf_pod_cpu_limit_cores", "Pod CPU limit from cpu.max (cores)", labels=labels),
+        "mem": GaugeMetricFamily("ebpf_pod_memory_used_bytes", "Pod memory working set", labels=labels),
+        "mem_limit": GaugeMetricFamily("ebpf_pod_memory_limit_bytes", "Pod memory limit from memory.max", labels=labels),
+        "retrans": CounterMetricFamily("ebpf_pod_tcp_retransmit_skbs", "Retransmitted TCP skbs from the pod's addresses", labels=labels),
+    }
+    cum_retrans = r.cumulative.get("tcp_retrans")
+    for p in r.pods:
+        lv = [p.namespace, p.pod]
+        for key, v in (("rtt_p50", p.rtt_p50_ms), ("rtt_p99", p.rtt_p99_ms),
+                       ("slo", p.slo_violation_rate), ("cpu", p.cpu_used),
+                       ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
+                       ("mem_limit", p.memory_limit)):
+            if v is not None:
+                fams[key].add_metric(lv, float(v))
+        if cum_retrans is not None and not p.host_network and p.addresses:
+            fams["retrans"].add_metric(lv, sum(cum_retrans.counts.get(a, 0) for a in p.addresses))
+    out += [f for f in fams.values() if f.samples]
+    return out
