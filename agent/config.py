@@ -26,10 +26,14 @@ SIGNALS = ("rtt_p99", "retrans_rate", "drop_rate", "runqlat_p95", "cpu_util")
 
 
 class ConfigError(ValueError):
-    def __init__(self, key: str, value: Any, allowed: str, source: str = "") -> None:
+    def __init__(self, key: str, value: Any, allowed: str, source: str = "",
+                 unknown: bool = False) -> None:
         self.key, self.value, self.allowed = key, value, allowed
         where = f" (from {source})" if source else ""
-        super().__init__(f"{key}: {value!r} is not valid{where}: {allowed}")
+        if unknown:
+            super().__init__(f"{key}: unknown key{where}; {allowed}")
+        else:
+            super().__init__(f"{key}: {value!r} is not valid{where}: {allowed}")
 
 
 def _default_bpf_dir() -> Path:
@@ -252,9 +256,9 @@ def _convert(key: str, raw: Any, source: str) -> Any:
 
 def _unknown(key: str, known, source: str, prefix: str = "") -> ConfigError:
     close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
-    return ConfigError(prefix + key, "(unknown key)",
-                       f"a known key{hint} (see README 'Configuration')", source)
+    hint = f"did you mean {prefix + close[0]!r}? " if close else ""
+    return ConfigError(prefix + key, None, f"{hint}known keys: {', '.join(sorted(known))}",
+                       source, unknown=True)
 
 
 def _score_from(raw: Any, source: str) -> ScoreConfig:

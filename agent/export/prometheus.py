@@ -31,7 +31,7 @@ PER_OCTAVE = 4
 
 
 def _le(v: float) -> str:
-    return f"{v:.9g}"
+    return f"{v:.12g}"
 
 
 class ReportCollector(Collector):

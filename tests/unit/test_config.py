@@ -1,0 +1,126 @@
+"""Every malformed config exits 2 before any BPF is loaded, naming the key and the bad value."""
+
+import socket
+
+import pytest
+
+from agent import cli
+from agent.config import Config, ConfigError, load_config
+
+
+def run_main(capsys, argv, monkeypatch, env=None):
+    for k in list(__import__("os").environ):
+        if k.startswith("EBPF_EDGE_AGENT_"):
+            monkeypatch.delenv(k)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    # loading a probe here would be a bug: config errors must come first
+    monkeypatch.setattr(cli, "_make_probes", lambda *a: pytest.fail("probes loaded before config check"))
+    monkeypatch.setattr(cli, "_kernel", lambda *a: pytest.fail("kernel probed before config check"))
+    rc = cli.main(argv)
+    return rc, capsys.readouterr().err
+
+
+BAD_FILES = [
+    ("unknown key", "sample_intervall: 5\n", "sample_intervall", "did you mean 'sample_interval'"),
+    ("wrong type", "sample_interval: fast\n", "sample_interval", "'fast'"),
+    ("negative interval", "sample_interval: -5\n", "sample_interval", "-5.0"),
+    ("zero push interval", "push_interval: 0\n", "push_interval", "0.0"),
+    ("timeout above interval", "push_interval: 10\npush_timeout: 20\n", "push_timeout", "less than push_interval"),
+    ("bad url scheme", "extender_url: ftp://x/\n", "extender_url", "ftp://x/"),
+    ("url without host", "extender_url: 'http://'\n", "extender_url", "http://"),
+    ("bad url port", "extender_url: 'http://x:99999/'\n", "extender_url", "valid port"),
+    ("listen without port", "listen: 0.0.0.0\n", "listen", "HOST:PORT"),
+    ("listen port range", "listen: '0.0.0.0:70000'\n", "listen", "70000"),
+    ("unknown probe", "probes: [tcp_rtt, tcp_ack]\n", "probes", "tcp_ack"),
+    ("empty probes", "probes: []\n", "probes", "non-empty"),
+    ("probes not a list", "probes: 5\n", "probes", "a list"),
+    ("bool for int", "max_addresses: true\n", "max_addresses", "True"),
+    ("map too large", "max_addresses: 99999999\n", "max_addresses", "99999999"),
+    ("log level", "log_level: loud\n", "log_level", "loud"),
+    ("kubernetes mode", "kubernetes: maybe\n", "kubernetes", "maybe"),
+    ("weights sum", "score:\n  weights: {rtt_p99: 0.9}\n", "score.weights", "sum to 1"),
+    ("negative weight", "score:\n  weights: {rtt_p99: -0.1, cpu_util: 0.55}\n", "score.weights.rtt_p99", "-0.1"),
+    ("unknown signal", "score:\n  weights: {latency: 0.3}\n", "score.weights.latency", "one of"),
+    ("bounds inverted", "score:\n  bounds: {rtt_p99: [200, 1]}\n", "score.bounds.rtt_p99", "low < high"),
+    ("unknown score key", "score:\n  weight: {}\n", "score.weight", "did you mean 'score.weights'"),
+    ("negative drop weight", "score:\n  drop_reason_weights: {QDISC_DROP: -1}\n", "score.drop_reason_weights.QDISC_DROP", "-1"),
+    ("token file missing", "extender_token_file: /nonexistent/token\n", "extender_token_file", "/nonexistent/token"),
+    ("not a mapping", "- a\n- b\n", "config", "YAML mapping"),
+    ("invalid yaml", "a: [1,\n", "config", "valid YAML"),
+    ("slo negative", "default_rtt_slo_ms: -3\n", "default_rtt_slo_ms", "-3.0"),
+]
+
+
+@pytest.mark.parametrize("name,text,key,needle", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_config_file_exits_2_naming_key(tmp_path, capsys, monkeypatch, name, text, key, needle):
+    f = tmp_path / "agent.yaml"
+    f.write_text(text)
+    rc, err = run_main(capsys, ["run", "--config", str(f)], monkeypatch)
+    assert rc == 2
+    assert "invalid configuration" in err and key in err and needle in err, err
+
+
+def test_missing_config_file(capsys, monkeypatch, tmp_path):
+    rc, err = run_main(capsys, ["run", "--config", str(tmp_path / "nope.yaml")], monkeypatch)
+    assert rc == 2 and "config" in err and "readable" in err
+
+
+def test_bad_environment_variable_names_the_variable(capsys, monkeypatch):
+    rc, err = run_main(capsys, ["run"], monkeypatch, {"EBPF_EDGE_AGENT_SAMPLE_INTERVAL": "soon"})
+    assert rc == 2 and "sample_interval" in err and "EBPF_EDGE_AGENT_SAMPLE_INTERVAL" in err
+
+
+def test_unknown_environment_variable(capsys, monkeypatch):
+    rc, err = run_main(capsys, ["run"], monkeypatch, {"EBPF_EDGE_AGENT_LISTN": ":1"})
+    assert rc == 2 and "listn" in err and "did you mean 'listen'" in err
+
+
+def test_bad_flag_names_the_flag(capsys, monkeypatch):
+    rc, err = run_main(capsys, ["run", "--push-interval", "-1"], monkeypatch)
+    assert rc == 2 and "push_interval" in err and "--push-interval" in err
+
+
+def test_port_in_use_exits_2_before_bpf(capsys, monkeypatch):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    try:
+        rc, err = run_main(capsys, ["run", "--listen", f"127.0.0.1:{port}"], monkeypatch)
+    finally:
+        s.close()
+    assert rc == 2 and "listen" in err and str(port) in err and "cannot be bound" in err
+
+
+def test_precedence_defaults_file_env_flags(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("sample_interval: 5\npush_interval: 60\nlisten: '127.0.0.1:1234'\n")
+    c = load_config(str(f), {"EBPF_EDGE_AGENT_PUSH_INTERVAL": "45",
+                             "EBPF_EDGE_AGENT_LISTEN": "127.0.0.1:2345"},
+                    {"listen": "127.0.0.1:3456", "sample_interval": None})
+    assert c.sample_interval == 5.0  # file
+    assert c.push_interval == 45.0  # env over file
+    assert c.listen == "127.0.0.1:3456"  # flag over env
+    assert c.push_timeout == Config().push_timeout  # default
+
+
+def test_score_section_merges_with_defaults(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("score:\n  drop_reason_weights: {NO_SOCKET: 0.2}\n  bounds: {rtt_p99: [2, 50]}\n")
+    c = load_config(str(f), {}, {})
+    assert c.score.drop_reason_weights["NO_SOCKET"] == 0.2
+    assert c.score.drop_reason_weights["QDISC_DROP"] == 1.0
+    assert c.score.bounds["rtt_p99"] == (2, 50) and c.score.bounds["cpu_util"] == (0.5, 1.0)
+
+
+def test_empty_file_is_all_defaults(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("")
+    assert load_config(str(f), {}, {}) == Config()
+
+
+def test_config_error_carries_key():
+    with pytest.raises(ConfigError) as e:
+        Config(sample_interval=0)
+    assert e.value.key == "sample_interval"
