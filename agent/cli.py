@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     pusher = None
     if config.extender_url:
-        pusher = Pusher(config.extender_url, config.push_timeout,
+        pusher = Pusher(config.extender_url, config.push_timeout, interval=config.push_interval,
                         token_file=config.extender_token_file, ca_file=config.extender_ca_file,
                         verify=config.extender_tls_verify,
                         backoff_max=max(1.0, config.push_interval))
@@ -232,14 +232,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             pusher.start()
         interval = config.sample_interval
         next_tick = time.monotonic() + interval
-        next_push = 0.0
         while not stop.wait(max(0.0, next_tick - time.monotonic())):
             report = sampler.tick()
             payload = box.publish(report)
+            if pusher:
+                pusher.offer(payload)  # the pusher keeps the push_interval cadence itself
             now = time.monotonic()
-            if pusher and now >= next_push:
-                pusher.offer(payload)
-                next_push = now + config.push_interval
             next_tick += interval
             if next_tick < now:  # overran: skip to the next future slot, never burst
                 next_tick = now + interval

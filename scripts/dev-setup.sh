@@ -22,8 +22,9 @@ command -v apt-get >/dev/null 2>&1 || die "apt-get not found: only Debian and Ub
 # --- 1. packages -----------------------------------------------------------
 ARCH=$(dpkg --print-architecture)
 # python3-bpfcc: BCC from the distribution. The PyPI package called "bcc" is unrelated: never use it.
-# iproute2 (ip, ss, tc, nstat) and iptables are the test lab's tools and witnesses.
-PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates"
+# iproute2 (ip, ss, tc, nstat) and iptables are the test lab's tools and witnesses;
+# prometheus (server + promtool) is the real scraper the end-to-end tests use.
+PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -49,6 +50,10 @@ if [ -n "$missing" ] || [ -n "$HDR_PKG" ]; then
     if [ -n "$missing" ]; then
         # shellcheck disable=SC2086
         apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $missing >/dev/null
+        # the tests start their own Prometheus on loopback; don't leave the packaged one running
+        case " $missing " in *" prometheus "*)
+            if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi ;;
+        esac
     fi
     if [ -n "$HDR_PKG" ]; then
         if apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; then

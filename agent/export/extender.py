@@ -1,7 +1,7 @@
 """Push reports to the scheduler extender: ``POST <url>/metrics/report``.
 
-A one-slot mailbox (latest wins: a newer report replaces an undelivered one, nothing queues),
-its own thread, a timeout per attempt, retries with exponential backoff and jitter, an optional
+A one-slot mailbox fed with every new report (latest wins: a newer report replaces an
+undelivered one, nothing queues), delivered at most once per ``interval``, from its own thread, a timeout per attempt, retries with exponential backoff and jitter, an optional
 bearer token re-read from a file on every attempt (rotation), TLS verification on by default.
 A slow or broken extender only ever delays this thread.
 """
@@ -50,11 +50,13 @@ def classify(exc: BaseException | None, status: int | None = None) -> str:
 
 
 class Pusher:
-    def __init__(self, url: str, timeout: float, *, token_file: str = "", ca_file: str = "",
+    def __init__(self, url: str, timeout: float, *, interval: float = 0.0,
+                 token_file: str = "", ca_file: str = "",
                  verify: bool = True, backoff_first: float = 1.0, backoff_max: float = 30.0,
                  wall: Callable[[], float] = time.time) -> None:
         self.endpoint = url.rstrip("/") + "/metrics/report"
         self.timeout = timeout
+        self.interval = interval
         self.token_file = token_file
         self.verify: bool | str = (ca_file or True) if verify else False
         self.backoff_first = backoff_first
@@ -62,13 +64,15 @@ class Pusher:
         self._wall = wall
         self._cv = threading.Condition()
         self._pending: dict[str, Any] | None = None
+        self._pending_failed = False  # the pending report already failed at least once
+        self._next_send = 0.0  # monotonic time before which no new delivery starts
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="pusher", daemon=True)
         self._session = requests.Session()
         # metrics
         self.attempts = 0
         self.failures = {c: 0 for c in CAUSES}
-        self.replaced = 0
+        self.replaced = 0  # undelivered (failed) reports superseded by a newer one
         self.delivered = 0
         self.last_success: float | None = None
         self.last_delivered_sequence: int | None = None
@@ -81,8 +85,9 @@ class Pusher:
         self._thread.start()
 
     def offer(self, payload: dict[str, Any]) -> None:
+        """Hand over the newest report; replaces any report still waiting."""
         with self._cv:
-            if self._pending is not None:
+            if self._pending is not None and self._pending_failed:
                 self.replaced += 1
             self._pending = payload
             self._cv.notify()
@@ -104,8 +109,11 @@ class Pusher:
         delay = self.backoff_first
         while True:
             with self._cv:
-                while self._pending is None and not self._stop:
-                    self._cv.wait()
+                while not self._stop:
+                    wait = self._next_send - time.monotonic()
+                    if self._pending is not None and wait <= 0:
+                        break
+                    self._cv.wait(timeout=wait if wait > 0 else None)
                 if self._stop:
                     return
                 payload = self._pending
@@ -114,8 +122,11 @@ class Pusher:
                 if ok:
                     if self._pending is payload:
                         self._pending = None
+                    self._pending_failed = False
+                    self._next_send = time.monotonic() + self.interval
                     delay = self.backoff_first
                     continue
+                self._pending_failed = True
                 # back off, but wake at once for stop; a newer report is sent after the wait
                 wait = delay * random.uniform(0.8, 1.2)
                 delay = min(delay * 2, self.backoff_max)

@@ -22,7 +22,7 @@ HIST_EXPORT = {
     # probe: (metric, help, unit scale to seconds, lo, hi in the probe's unit)
     "tcp_rtt": ("ebpf_tcp_rtt_seconds",
                 "TCP smoothed RTT (srtt) sampled on ACK processing, all local addresses", 1e-6,
-                1 << 5, 1 << 25),
+                1 << 2, 1 << 25),
     "runqlat": ("ebpf_runqlat_seconds",
                 "Run-queue latency: time from wakeup (or preemption) to running", 1e-9,
                 1 << 10, 1 << 34),
@@ -85,7 +85,8 @@ def render_report(r: NodeReport) -> list[Metric]:
     out: list[Metric] = []
     # --- the seed design's gauges (names fixed) -----------------------------------------------
     _gauge("ebpf_rtt_p50_milliseconds", "TCP smoothed RTT p50 over the last window (ms)", r.rtt_p50_ms, out)
-    _gauge("ebpf_rtt_p90_milliseconds", "TCP smoothed RTT p90 over the last window (ms)", r.rtt_p90_ms, out)
+    _gauge("ebpf_rtt_p90_seconds", "TCP smoothed RTT p90 over the last window",
+           None if r.rtt_p90_ms is None else r.rtt_p90_ms / 1000, out)
     _gauge("ebpf_rtt_p99_milliseconds", "TCP smoothed RTT p99 over the last window (ms)", r.rtt_p99_ms, out)
     _gauge("ebpf_tcp_retrans_rate",
            "Retransmitted / sent TCP segments over the last window, all network namespaces "
@@ -101,9 +102,11 @@ def render_report(r: NodeReport) -> list[Metric]:
         out.append(g)
     _gauge("ebpf_drop_rate_weighted", "Drop rate weighted by reason (score input), per second",
            r.drop_rate_weighted, out)
-    _gauge("ebpf_runqlat_p50_milliseconds", "Run-queue latency p50 over the last window (ms)", r.runqlat_p50_ms, out)
+    _gauge("ebpf_runqlat_p50_seconds", "Run-queue latency p50 over the last window",
+           None if r.runqlat_p50_ms is None else r.runqlat_p50_ms / 1000, out)
     _gauge("ebpf_runqlat_p95_milliseconds", "Run-queue latency p95 over the last window (ms)", r.runqlat_p95_ms, out)
-    _gauge("ebpf_runqlat_p99_milliseconds", "Run-queue latency p99 over the last window (ms)", r.runqlat_p99_ms, out)
+    _gauge("ebpf_runqlat_p99_seconds", "Run-queue latency p99 over the last window",
+           None if r.runqlat_p99_ms is None else r.runqlat_p99_ms / 1000, out)
     _gauge("ebpf_cpu_utilization", "Busy share of all CPUs over the last window (0..1)", r.cpu_utilization, out)
     # --- node figures -----------------------------------------------------------------------------
     _gauge("ebpf_node_score", "Node score 0..100, higher is healthier", r.score, out)
@@ -176,8 +179,8 @@ def render_report(r: NodeReport) -> list[Metric]:
     # --- per pod (only pods in the latest report: gone pods stop appearing) --------------------
     labels = ["namespace", "pod"]
     fams = {
-        "rtt_p50": GaugeMetricFamily("ebpf_pod_rtt_p50_milliseconds", "Pod's TCP srtt p50 over the last window (ms)", labels=labels),
-        "rtt_p99": GaugeMetricFamily("ebpf_pod_rtt_p99_milliseconds", "Pod's TCP srtt p99 over the last window (ms)", labels=labels),
+        "rtt_p50": GaugeMetricFamily("ebpf_pod_rtt_p50_seconds", "Pod's TCP srtt p50 over the last window", labels=labels),
+        "rtt_p99": GaugeMetricFamily("ebpf_pod_rtt_p99_seconds", "Pod's TCP srtt p99 over the last window", labels=labels),
         "slo": GaugeMetricFamily("ebpf_pod_slo_violation_rate", "Share of the pod's RTT samples above its SLO", labels=labels),
         "cpu": GaugeMetricFamily("ebpf_pod_cpu_used_cores", "Pod CPU used over the last window (cores)", labels=labels),
         "cpu_limit": GaugeMetricFamily("ebpf_pod_cpu_limit_cores", "Pod CPU limit from cpu.max (cores)", labels=labels),
@@ -188,7 +191,8 @@ def render_report(r: NodeReport) -> list[Metric]:
     cum_retrans = r.cumulative.get("tcp_retrans")
     for p in r.pods:
         lv = [p.namespace, p.pod]
-        for key, v in (("rtt_p50", p.rtt_p50_ms), ("rtt_p99", p.rtt_p99_ms),
+        ms = lambda v: None if v is None else v / 1000  # noqa: E731
+        for key, v in (("rtt_p50", ms(p.rtt_p50_ms)), ("rtt_p99", ms(p.rtt_p99_ms)),
                        ("slo", p.slo_violation_rate), ("cpu", p.cpu_used),
                        ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
                        ("mem_limit", p.memory_limit)):

@@ -134,7 +134,7 @@ def test_histogram_buckets_are_cumulative_and_end_with_count():
     values = [v for _, v in buckets]
     assert values == sorted(values) and buckets[-1] == ("+Inf", 200)
     les = [float(le) for le, _ in buckets[:-1]]
-    assert les == sorted(les) and len(les) == 4 * 20 + 1
+    assert les == sorted(les) and len(les) == 4 * 23 + 1
     # 100 samples of 500 us: all below the 0.000512 s bound, none below 0.000448
     assert dict(buckets)["0.000512"] == 100 and dict(buckets)["0.000448"] == 0
 

@@ -1,0 +1,111 @@
+"""The running service with fake probes: failures stay local, HTTP reflects them, scrapes never
+trigger collection."""
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from agent.config import Config
+from agent.model import Histogram, ProbeSnapshot
+from agent.sampler import ProbeSet
+from agent.server import Server
+from agent.service import ReportBox, Sampler, make_registry
+from agent.stats.histogram import SlotLayout
+
+L = SlotLayout(5, 21)
+
+
+class Fake:
+    def __init__(self, name, fail_start=None, fail_read_after=None):
+        self.name = name
+        self.fail_start = fail_start
+        self.fail_read_after = fail_read_after
+        self.reads = 0
+        self.detail = {}
+
+    def start(self):
+        if self.fail_start:
+            raise RuntimeError(self.fail_start)
+
+    def read(self):
+        self.reads += 1
+        if self.fail_read_after is not None and self.reads > self.fail_read_after:
+            raise OSError("map read failed: EFAULT")
+        n = self.reads * 10
+        if self.name == "tcp_rtt":
+            return ProbeSnapshot(self.name, "us", 0.0,
+                                 hists={"127.0.0.1": Histogram(L, {L.slot_of(1000): n}, 1000 * n)})
+        if self.name == "runqlat":
+            return ProbeSnapshot(self.name, "ns", 0.0,
+                                 hists={"": Histogram(SlotLayout(5, 30), {L.slot_of(50_000): n}, 0)})
+        return ProbeSnapshot(self.name, "", 0.0, counts={"NO_SOCKET": n})
+
+    def close(self):
+        pass
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture
+def service():
+    probes = ProbeSet([Fake("tcp_rtt"), Fake("tcp_retrans", fail_start="compile error: boom"),
+                       Fake("skb_drop", fail_read_after=1), Fake("runqlat")])
+    probes.start_all()
+    sampler = Sampler(Config(), probes)
+    box = ReportBox()
+    reg = make_registry(box, [sampler.metrics])
+    srv = Server("127.0.0.1", 0, reg, box.report, box.payload, lambda: probes.states)
+    srv.start()
+    yield sampler, box, srv
+    srv.stop()
+
+
+def test_not_ready_before_the_first_window(service):
+    sampler, box, srv = service
+    code, body = get(f"http://127.0.0.1:{srv.port}/readyz")
+    assert code == 503 and "no full window" in body
+    assert get(f"http://127.0.0.1:{srv.port}/healthz") == (200, "ok\n")
+    assert get(f"http://127.0.0.1:{srv.port}/report")[0] == 503
+
+
+def test_failures_stay_local_and_are_explained(service):
+    sampler, box, srv = service
+    sampler.start()  # reads once (baseline)
+    box.publish(sampler.tick())  # skb_drop's second read raises here
+    base = f"http://127.0.0.1:{srv.port}"
+    code, body = get(base + "/readyz")
+    assert code == 200
+    assert "probe tcp_retrans: down (start failed: compile error: boom)" in body
+    assert "probe skb_drop: down (read failed: map read failed: EFAULT)" in body
+    assert "probe tcp_rtt: up" in body
+    _, metrics = get(base + "/metrics")
+    assert 'ebpf_probe_up{probe="tcp_retrans"} 0.0' in metrics
+    assert 'ebpf_probe_up{probe="skb_drop"} 0.0' in metrics
+    assert 'ebpf_probe_up{probe="tcp_rtt"} 1.0' in metrics
+    assert "ebpf_rtt_p50_milliseconds" in metrics and "ebpf_runqlat_p95_milliseconds" in metrics
+    assert "ebpf_drop_rate " not in metrics  # down: absent, not 0
+    assert "process_resident_memory_bytes" in metrics and "ebpf_agent_ready 1.0" in metrics
+    code, report = get(base + "/report")
+    assert code == 200 and '"drops": false' in report
+
+
+def test_a_scrape_does_not_trigger_collection(service):
+    sampler, box, srv = service
+    sampler.start()
+    box.publish(sampler.tick())
+    reads = sampler.probes.probe("tcp_rtt").reads
+    for _ in range(5):
+        get(f"http://127.0.0.1:{srv.port}/metrics")
+    assert sampler.probes.probe("tcp_rtt").reads == reads
+
+
+def test_unknown_path_is_404(service):
+    _, _, srv = service
+    assert get(f"http://127.0.0.1:{srv.port}/nope")[0] == 404
