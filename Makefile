@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 AGENT  := $(VENV)/bin/ebpf-edge-agent
 PYTEST_ARGS ?=
 
-.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels
+.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench
 
 dev-setup:
 	@./scripts/dev-setup.sh
@@ -23,6 +23,15 @@ smoke-test: dev-setup
 
 check-kernel: dev-setup
 	$(AGENT) check-kernel
+
+# the agent in the foreground with its embedded defaults (standalone: no Kubernetes needed)
+run: dev-setup
+	$(AGENT) run $(RUN_ARGS)
+
+# numbers, not tests: per-event kernel cost, report and scrape cost
+bench: dev-setup
+	$(PY) -m bench.probe_cost
+	$(PY) -m bench.report_cost
 
 # boots Debian's 5.10, 6.1 and 6.12 kernels in QEMU and runs the probes there (not part of make test)
 test-kernels: dev-setup
