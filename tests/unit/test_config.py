@@ -124,3 +124,11 @@ def test_config_error_carries_key():
     with pytest.raises(ConfigError) as e:
         Config(sample_interval=0)
     assert e.value.key == "sample_interval"
+
+
+def test_example_config_documents_the_defaults():
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parents[2] / "config" / "agent.example.yaml"
+    c = load_config(str(ex), {}, {})
+    assert c == Config(), "config/agent.example.yaml drifted from the defaults in agent/config.py"
