@@ -26,7 +26,7 @@ RUNTIME = {"systemd-containerd": "containerd", "systemd-crio": "cri-o", "systemd
 @pytest.mark.parametrize("tree", TREE_NAMES)
 def test_fixture_tree_pods_and_containers(tree):
     expected = json.loads((TREES / tree / "EXPECTED.json").read_text())
-    r = CgroupReader(str(TREES / tree)).read()
+    r = CgroupReader(str(TREES / tree), containers=True).read()
     assert set(r.pods) == set(expected)
     for uid, exp in expected.items():
         ps = r.pods[uid]
@@ -67,7 +67,7 @@ def test_no_memory_controller_means_none_not_zero():
 
 def test_garbled_file_skipped_counted_and_rate_limited(caplog):
     now = [0.0]
-    reader = CgroupReader(str(TREES / "systemd-containerd"), warn_interval=60.0, clock=lambda: now[0])
+    reader = CgroupReader(str(TREES / "systemd-containerd"), containers=True, warn_interval=60.0, clock=lambda: now[0])
     with caplog.at_level(logging.WARNING, logger="agent.cgroups.read"):
         for _ in range(5):
             r = reader.read()
@@ -100,7 +100,7 @@ def test_cgroup_vanishing_mid_read_is_skipped_quietly(tree_copy, monkeypatch, ca
 
     monkeypatch.setattr(readmod, "_read_small", read_then_vanish)
     with caplog.at_level(logging.WARNING):
-        r = CgroupReader(str(tree_copy)).read()
+        r = CgroupReader(str(tree_copy), containers=True).read()
     assert "c0ffee00-1234-4567-89ab-cdef01234567" not in r.pods
     assert len(r.pods) == 3 and r.counts.vanished == 1
     assert not [m for m in caplog.messages if "c0ffee00" in m]
@@ -139,7 +139,7 @@ def test_containers_off_and_standalone_depth():
 
 
 def test_crio_conmon_is_not_a_container():
-    r = read_cgroups(str(TREES / "systemd-crio"))
+    r = read_cgroups(str(TREES / "systemd-crio"), containers=True)
     for ps in r.pods.values():
         assert not any("conmon" in c.path for c in ps.containers)
 
