@@ -1,7 +1,11 @@
 /* tcp_rtt: smoothed RTT of TCP connections, sampled on ACK processing.
  *
  * tcp:tcp_probe fires from tcp_rcv_established(), the path that runs tcp_ack(); its srtt field
- * is tp->srtt_us >> 3, i.e. microseconds. saddr/daddr hold a struct sockaddr_in or
+ * is tp->srtt_us >> 3, i.e. microseconds. It fires for every incoming segment, so a sample is
+ * kept only while the socket has data in flight (snd_nxt != snd_una): only then can the
+ * segment carry an ACK that measures RTT. A pure receiver's srtt is a stale value from the
+ * handshake and would otherwise be sampled once per received data segment.
+ * saddr/daddr hold a struct sockaddr_in or
  * sockaddr_in6 whose first two bytes are the address family (true on every kernel, including
  * those whose tracepoint has no separate "family" field).
  *
@@ -30,6 +34,8 @@ static __always_inline void count_lost(void)
 TRACEPOINT_PROBE(tcp, tcp_probe)
 {
     struct rtt_key key = {};
+    if (args->snd_nxt == args->snd_una)
+        return 0;
     u16 family = *(u16 *)&args->saddr[0];
 
     if (family == AF_INET) {

@@ -28,7 +28,7 @@ class TcpRttProbe(BccProbe):
     def check_supported(self) -> None:
         super().check_supported()
         fmt = self.kernel.tracepoint("tcp:tcp_probe")
-        for f in ("saddr", "srtt"):
+        for f in ("saddr", "srtt", "snd_nxt", "snd_una"):
             if not fmt.has(f):
                 raise ProbeUnsupported(f"tcp:tcp_probe has no {f!r} field on this kernel")
         if fmt.fields["saddr"].size < 28:

@@ -117,14 +117,23 @@ def test_tbf_srtt_p50_matches_ss(config, kernel, lab):
 
 
 def test_ipv4_ipv6_and_ipv4_mapped_flows_key_by_local_address(config, kernel, lab):
+    """a sends over IPv4 and IPv6 (native sockets); b sends back from a dual-stack listener,
+    where IPv4 peers appear as AF_INET6 with an IPv4-mapped address: that must key as b's
+    IPv4 address, not as ::ffff:..."""
     require_tracepoint(kernel, "tcp:tcp_probe")
     ps = start(config, kernel, "tcp_rtt")
     try:
-        sink = lab.spawn(lab.b, "sink", "::", str(PORT), "20")  # dual-stack: IPv4 arrives mapped
+        sink = lab.spawn(lab.b, "sink", "::", str(PORT), "20")
+        source = lab.spawn(lab.b, "source", "::", str(PORT + 1), "20", "8e6")
         wait_line(sink, "ready")
+        wait_line(source, "ready")
         ps.read_windows()
+        procs = []
         for dst in (lab.b.ip4, lab.b.ip6):
-            lab.spawn(lab.a, "send", dst, str(PORT), "1.5", "8e6").wait(10)
+            procs.append(lab.spawn(lab.a, "send", dst, str(PORT), "1.5", "8e6"))
+            procs.append(lab.spawn(lab.a, "drain", dst, str(PORT + 1), "1.5"))
+        for p in procs:
+            p.wait(15)
         win = ps.read_windows()
     finally:
         ps.close_all()
@@ -132,6 +141,22 @@ def test_ipv4_ipv6_and_ipv4_mapped_flows_key_by_local_address(config, kernel, la
     for addr in (lab.a.ip4, lab.a.ip6, lab.b.ip4, lab.b.ip6):
         assert keys.get(addr, 0) > 0, (addr, keys)
     assert not any(k.startswith("::ffff:") for k in keys), keys
+
+
+def test_pure_receivers_are_not_sampled(config, kernel, lab):
+    """A socket with nothing in flight cannot measure RTT: its srtt is stale, so it is skipped."""
+    require_tracepoint(kernel, "tcp:tcp_probe")
+    ps = start(config, kernel, "tcp_rtt")
+    try:
+        sink = lab.spawn(lab.b, "sink", lab.b.ip4, str(PORT), "20")
+        wait_line(sink, "ready")
+        ps.read_windows()
+        lab.spawn(lab.a, "send", lab.b.ip4, str(PORT), "1.5", "8e6").wait(15)
+        win = ps.read_windows()
+    finally:
+        ps.close_all()
+    keys = {k: h.count for k, h in win["tcp_rtt"].hists.items()}
+    assert keys.get(lab.a.ip4, 0) > 50 and keys.get(lab.b.ip4, 0) == 0, keys
 
 
 def _all_run_delay_ns() -> dict[str, int]:

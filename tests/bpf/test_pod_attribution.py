@@ -1,0 +1,84 @@
+"""Per-pod network figures in the lab: two "pods" (namespaces with their own addresses) with
+different impairments; each pod's srtt and retransmits match its own witness (ss -ti and nstat
+inside its namespace), not the other's."""
+
+import statistics
+import time
+
+import pytest
+
+from agent.model import PodSample
+from agent.probes import PROBE_CLASSES
+from agent.sampler import ProbeSet
+from agent.service import Sampler
+from tests.bpf.conftest import require_tracepoint
+from tests.bpf.netlab import ss_srtt_ms
+
+pytestmark = pytest.mark.bpf
+PORT_A, PORT_B = 5301, 5302
+
+
+class StaticPods:
+    def __init__(self, pods):
+        self._pods = pods
+
+    def pods(self):
+        return self._pods
+
+    def allocatable(self):
+        return None
+
+
+def test_each_pod_matches_its_own_witness(config, kernel, lab):
+    require_tracepoint(kernel, "tcp:tcp_probe")
+    require_tracepoint(kernel, "tcp:tcp_retransmit_skb")
+    # pod a: bandwidth-limited egress (queueing delay -> high srtt for what a sends)
+    lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "5mbit",
+              "burst", "32kbit", "latency", "400ms")
+    # pod b's data to a is randomly dropped on a's input (-> b retransmits)
+    lab.a.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT_A), "-m",
+              "statistic", "--mode", "random", "--probability", "0.03", "-j", "DROP")
+    pods = [
+        PodSample("uid-a", "lab", "pod-a", "team-a", addresses=(lab.a.ip4,)),
+        PodSample("uid-b", "lab", "pod-b", "team-b", addresses=(lab.b.ip4,)),
+    ]
+    ps = ProbeSet([PROBE_CLASSES[n](config, kernel) for n in ("tcp_rtt", "tcp_retrans")])
+    ps.start_all()
+    sampler = Sampler(config, ps, StaticPods(pods))
+    try:
+        lab.spawn(lab.b, "sink", lab.b.ip4, str(PORT_B), "30")
+        lab.spawn(lab.a, "sink", lab.a.ip4, str(PORT_A), "30")
+        time.sleep(0.5)
+        lab.spawn(lab.a, "send", lab.b.ip4, str(PORT_B), "9")  # a -> b, bulk through the tbf
+        lab.spawn(lab.b, "send", lab.a.ip4, str(PORT_A), "9", "20e6")  # b -> a, paced, lossy
+        time.sleep(2.5)
+        sampler.start()
+        snmp_a0, snmp_b0 = lab.a.nstat(), lab.b.nstat()
+        ss_a, ss_b = [], []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ss_a += ss_srtt_ms(lab.a, lab.b.ip4, PORT_B)
+            ss_b += ss_srtt_ms(lab.b, lab.a.ip4, PORT_A)
+            time.sleep(0.1)
+        report = sampler.tick()
+        snmp_a1, snmp_b1 = lab.a.nstat(), lab.b.nstat()
+    finally:
+        ps.close_all()
+    by = {p.pod: p for p in report.pods}
+    a, b = by["pod-a"], by["pod-b"]
+    seg_a = snmp_a1["TcpRetransSegs"] - snmp_a0["TcpRetransSegs"]
+    seg_b = snmp_b1["TcpRetransSegs"] - snmp_b0["TcpRetransSegs"]
+    print(f"pod-a srtt p50 {a.rtt_p50_ms:.2f}ms (ss {statistics.median(ss_a):.2f}ms), "
+          f"retrans {a.retrans_events} skbs / {seg_a} segs; pod-b srtt p50 {b.rtt_p50_ms:.2f}ms "
+          f"(ss {statistics.median(ss_b):.2f}ms), retrans {b.retrans_events} skbs / {seg_b} segs")
+    # srtt: each pod against ss in its own namespace. Each pod has one sending socket; its
+    # receiving socket's samples (few: it sends only ACKs) are part of the pod's histogram too.
+    for pod, ss in ((a, ss_a), (b, ss_b)):
+        assert len(ss) >= 20
+        want = statistics.median(ss)
+        assert abs(pod.rtt_p50_ms - want) / want <= 0.15, (pod.pod, pod.rtt_p50_ms, want)
+    # retransmits: skbs <= segments of its own namespace; the lossy pod b retransmits, and
+    # each pod's count is bounded by its own witness, not the other's
+    assert b.retrans_events >= 10 and b.retrans_events <= seg_b
+    assert a.retrans_events <= seg_a
+    assert b.retrans_events > a.retrans_events
