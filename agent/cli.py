@@ -186,6 +186,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         print(f"ebpf-edge-agent: invalid configuration: listen: {config.listen!r} cannot be bound "
               f"({e.strerror or e}); choose a free HOST:PORT", file=sys.stderr)
         return 2
+    try:
+        pod_source = _pod_source(config)
+    except ConfigError as e:
+        server.httpd.server_close()
+        print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -207,7 +213,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         s = sampler_holder.get("sampler")
         return s.metrics() if s is not None else iter(())
 
-    extras = [sampler_metrics] + ([pusher.metrics] if pusher else [])
+    extras = [sampler_metrics, lambda: _pod_metrics(pod_source)] + ([pusher.metrics] if pusher else [])
     server.registry = make_registry(box, extras)
     server.start()
     log.info("serving /metrics /healthz /readyz /report on %s (node %s)", config.listen,
@@ -225,7 +231,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             return 1
         if stop.is_set():
             return 0
-        sampler = Sampler(config, probes, _pod_source(config))
+        pod_source.start()
+        sampler = Sampler(config, probes, pod_source)
         sampler_holder["sampler"] = sampler
         sampler.start()
         if pusher:
@@ -248,13 +255,34 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if pusher:
             pusher.stop(timeout=1.0)
         probes.close_all()
+        pod_source.stop()
         log.info("stopped in %.2fs (probes detached)", time.monotonic() - t0)
 
 
-def _pod_source(config: Config):
-    from agent.service import NoPods
+def _pod_metrics(pod_source):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    return NoPods()
+    c = CounterMetricFamily("ebpf_cgroup_read_problems",
+                            "cgroup files skipped while reading (vanished, garbled, errors)",
+                            labels=["kind"])
+    totals = pod_source.read_totals()
+    for kind in ("vanished", "garbled", "errors"):
+        c.add_metric([kind], totals.get(kind, 0))
+    yield c
+    view = pod_source.metadata.snapshot()
+    g = GaugeMetricFamily("ebpf_pod_metadata_synced",
+                          "1 once pod metadata was listed (always 1 standalone)", labels=["source"])
+    g.add_metric([view.source], 1 if view.synced else 0)
+    yield g
+    e = CounterMetricFamily("ebpf_kube_api_errors", "Kubernetes API errors (the last good view is kept)")
+    e.add_metric([], view.errors_total)
+    yield e
+
+
+def _pod_source(config: Config):
+    from agent.pods import ClusterPods
+
+    return ClusterPods.from_config(config)
 
 
 # ---------------------------------------------------------------------------------------------

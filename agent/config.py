@@ -93,6 +93,8 @@ class Config:
     # pods
     cgroup_root: str = ""  # empty: detect the cgroup v2 mount
     kubernetes: str = "auto"  # auto | on | off
+    kubernetes_api_url: str = ""  # empty: in-cluster (KUBERNETES_SERVICE_HOST + service account)
+    standalone_cgroup_depth: int = 1  # standalone: cgroups this deep below the root are "pods"
     tenant_label: str = ""  # empty: the namespace is the tenant
     rtt_slo_annotation: str = "ebpf-edge-agent.io/rtt-slo-ms"
     default_rtt_slo_ms: float = 100.0
@@ -161,6 +163,13 @@ def validate(c: Config) -> None:
             raise ConfigError(key, p, "an existing readable file, or empty")
     if c.kubernetes not in ("auto", "on", "off"):
         raise ConfigError("kubernetes", c.kubernetes, "one of auto, on, off")
+    if c.kubernetes_api_url:
+        u = urlparse(c.kubernetes_api_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError("kubernetes_api_url", c.kubernetes_api_url,
+                              "an http:// or https:// URL, or empty for in-cluster")
+    if isinstance(c.standalone_cgroup_depth, bool) or c.standalone_cgroup_depth not in range(0, 9):
+        raise ConfigError("standalone_cgroup_depth", c.standalone_cgroup_depth, "an integer within 0..8")
     _check_positive("default_rtt_slo_ms", c.default_rtt_slo_ms, 0.001, 600_000, "milliseconds")
     if not c.probes:
         raise ConfigError("probes", list(c.probes), f"a non-empty list of {', '.join(PROBE_NAMES)}")

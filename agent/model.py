@@ -136,6 +136,10 @@ class PodSample:
     addresses: tuple[str, ...] = ()
     host_network: bool = False
     rtt_slo_ms: float | None = None  # from the pod's annotation
+    qos: str = ""
+    cpu_throttled_ratio: float | None = None  # throttled / elapsed CFS periods in the window
+    cpu_pressure: float | None = None  # cpu.pressure "some": share of the window stalled
+    memory_pressure: float | None = None  # memory.pressure "some"
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,10 @@ class PodReport:
     slo_violation_rate: float | None = None
     retrans_events: int | None = None  # retransmitted skbs in the window
     addresses: tuple[str, ...] = ()
+    qos: str = ""
+    cpu_throttled_ratio: float | None = None
+    cpu_pressure: float | None = None
+    memory_pressure: float | None = None
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def build_report(
             retrans_events=(pod_retrans.get(p.uid, 0) if rt_win is not None and not p.host_network
                             else None),
             addresses=tuple(p.addresses),
+            qos=p.qos, cpu_throttled_ratio=p.cpu_throttled_ratio, cpu_pressure=p.cpu_pressure,
+            memory_pressure=p.memory_pressure,
         ))
         tenant_cpu[p.tenant] = tenant_cpu.get(p.tenant, 0.0) + (p.cpu_used or 0.0)
         tenant_mem[p.tenant] = tenant_mem.get(p.tenant, 0.0) + (p.memory_used or 0.0)

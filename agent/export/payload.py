@@ -89,6 +89,10 @@ def build_payload(r: NodeReport) -> dict[str, Any]:
                 "rtt_p99_ms": _r(p.rtt_p99_ms),
                 "slo_violation_rate": _r(p.slo_violation_rate),
                 "retrans_events": p.retrans_events,
+                "qos": p.qos,
+                "cpu_throttled_ratio": _r(p.cpu_throttled_ratio),
+                "cpu_pressure": _r(p.cpu_pressure),
+                "memory_pressure": _r(p.memory_pressure),
             }
             for p in r.pods
         ],

@@ -1,0 +1,140 @@
+"""Pods for the report: cgroup v2 readings (usage over a window) joined with pod metadata
+(Kubernetes API, or standalone: pods named by their cgroup). Implements the sampler's
+PodSource; never raises out of a cycle (the sampler guards it anyway)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+from agent.cgroups.read import CgroupReader, read_cgroup2_root
+from agent.cgroups.usage import pod_windows
+from agent.config import Config, ConfigError
+from agent.kube import (ApiEndpoint, KubeView, PodMeta, PodWatcher, StandaloneMetadata,
+                        in_cluster_endpoint, pod_from_cgroup)
+from agent.model import PodSample
+
+log = logging.getLogger(__name__)
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def make_metadata(config: Config):
+    """The pod metadata source the config asks for; ConfigError when it cannot be had."""
+    mode = config.kubernetes
+    if mode == "off":
+        return StandaloneMetadata(config.resolved_node_name())
+    try:
+        if config.kubernetes_api_url:
+            endpoint = ApiEndpoint(base_url=config.kubernetes_api_url.rstrip("/"))
+        else:
+            endpoint = in_cluster_endpoint()
+    except ValueError as e:
+        if mode == "on":
+            raise ConfigError("kubernetes", mode, f"a reachable API: {e}") from None
+        log.info("no Kubernetes API (%s): standalone mode", e)
+        return StandaloneMetadata(config.resolved_node_name())
+    return PodWatcher(endpoint, config.resolved_node_name(), tenant_label=config.tenant_label or None)
+
+
+def slo_ms(meta: PodMeta | None, annotation: str) -> float | None:
+    if meta is None:
+        return None
+    raw = meta.annotations.get(annotation)
+    if raw is None:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        return None
+    return v if v > 0 else None
+
+
+def join(reading, windows, view: KubeView, annotation: str) -> list[PodSample]:
+    """Pure: one PodSample per pod cgroup (and, standalone, per top-level cgroup)."""
+    out = []
+    items = [(uid, ps.pod, ps.pod.identity) for uid, ps in reading.pods.items()]
+    items += [(path, s, None) for path, s in reading.others.items()]
+    for key, sample, ident in items:
+        meta = view.pods.get(key)
+        if meta is None:
+            meta_for_name = pod_from_cgroup(sample.path, ident.pod_uid if ident else None,
+                                            ident.qos if ident else "")
+        else:
+            meta_for_name = meta
+        w = windows.get(key)
+        cpu_limit = w.cpu_limit_cores if w and w.cpu_limit_cores is not None else (
+            meta.cpu_limit_cores if meta else None)
+        mem_limit = w.memory_limit_bytes if w and w.memory_limit_bytes is not None else (
+            meta.memory_limit_bytes if meta else None)
+        out.append(PodSample(
+            uid=key,
+            namespace=meta_for_name.namespace,
+            pod=meta_for_name.name,
+            tenant=meta_for_name.tenant,
+            cpu_used=w.cpu_cores if w else None,
+            cpu_limit=cpu_limit,
+            memory_used=w.memory_working_set_bytes if w else None,
+            memory_limit=mem_limit,
+            addresses=tuple(meta.pod_ips) if meta else (),
+            host_network=bool(meta.host_network) if meta else False,
+            rtt_slo_ms=slo_ms(meta, annotation),
+            qos=meta_for_name.qos or (ident.qos if ident else ""),
+            cpu_throttled_ratio=w.throttled_periods_ratio if w else None,
+            cpu_pressure=w.cpu_some_stall if w else None,
+            memory_pressure=w.memory_some_stall if w else None,
+        ))
+    return out
+
+
+class ClusterPods:
+    """PodSource over a cgroup reader and a metadata source."""
+
+    def __init__(self, config: Config, reader: CgroupReader | None, metadata,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.reader = reader
+        self.metadata = metadata
+        self._prev = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> "ClusterPods":
+        root = config.cgroup_root or read_cgroup2_root(
+            mounts_path=str(config.proc_root / "self" / "mounts"))
+        metadata = make_metadata(config)
+        reader = None
+        if root is None:
+            log.warning("no cgroup v2 hierarchy found: per-pod CPU and memory unavailable "
+                        "(set cgroup_root)")
+        else:
+            standalone = isinstance(metadata, StandaloneMetadata)
+            reader = CgroupReader(root, standalone_depth=config.standalone_cgroup_depth if standalone else 0)
+            log.info("reading cgroups below %s (%s)", root,
+                     "standalone: top-level cgroups are the pods" if standalone else "kubernetes")
+        return cls(config, reader, metadata)
+
+    def start(self) -> None:
+        self.metadata.start()
+        if self.reader is not None:
+            self._prev = self.reader.read()
+
+    def stop(self) -> None:
+        self.metadata.stop(timeout=1.0)
+
+    def pods(self) -> Sequence[PodSample]:
+        if self.reader is None:
+            return ()
+        reading = self.reader.read()
+        windows = pod_windows(self._prev, reading) if self._prev is not None else {}
+        self._prev = reading
+        return join(reading, windows, self.metadata.snapshot(), self.config.rtt_slo_annotation)
+
+    def allocatable(self) -> tuple[float | None, int | None] | None:
+        node = self.metadata.snapshot().node
+        if node is None:
+            return None
+        return node.cpu_allocatable_cores, node.memory_allocatable_bytes
+
+    def read_totals(self) -> dict[str, int]:
+        return dict(self.reader.totals) if self.reader is not None else {}
