@@ -140,6 +140,8 @@ class PodSample:
     cpu_throttled_ratio: float | None = None  # throttled / elapsed CFS periods in the window
     cpu_pressure: float | None = None  # cpu.pressure "some": share of the window stalled
     memory_pressure: float | None = None  # memory.pressure "some"
+    net_rx_bytes: int | None = None  # received over the window, the pod's network namespace
+    net_tx_bytes: int | None = None  # sent over the window; None: host network or unknown
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class PodReport:
     cpu_throttled_ratio: float | None = None
     cpu_pressure: float | None = None
     memory_pressure: float | None = None
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
 
 
 @dataclass(frozen=True)

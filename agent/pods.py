@@ -4,7 +4,9 @@ PodSource; never raises out of a cycle (the sampler guards it anyway)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from typing import Callable, Sequence
 
@@ -14,6 +16,7 @@ from agent.config import Config, ConfigError
 from agent.kube import (ApiEndpoint, KubeView, PodMeta, PodWatcher, StandaloneMetadata,
                         in_cluster_endpoint, pod_from_cgroup)
 from agent.model import PodSample
+from agent.procfs import netns_inode, read_netns_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,10 @@ class ClusterPods:
         self.config = config
         self.reader = reader
         self.metadata = metadata
+        self.clock = clock
         self._prev = None
+        self._pid: dict[str, int] = {}  # pod key -> a pid inside it (cached)
+        self._net_prev: dict[str, tuple[int, int, int]] = {}  # key -> (netns, rx, tx)
 
     @classmethod
     def from_config(cls, config: Config) -> "ClusterPods":
@@ -128,7 +134,61 @@ class ClusterPods:
         reading = self.reader.read()
         windows = pod_windows(self._prev, reading) if self._prev is not None else {}
         self._prev = reading
-        return join(reading, windows, self.metadata.snapshot(), self.config.rtt_slo_annotation)
+        pods = join(reading, windows, self.metadata.snapshot(), self.config.rtt_slo_annotation)
+        paths = {uid: ps.pod.path for uid, ps in reading.pods.items()}
+        paths.update({path: path for path in reading.others})
+        out = [self._with_traffic(p, paths.get(p.uid)) for p in pods]
+        seen = {p.uid for p in pods}  # forget pods that are gone: nothing grows with churn
+        self._pid = {k: v for k, v in self._pid.items() if k in seen}
+        self._net_prev = {k: v for k, v in self._net_prev.items() if k in seen}
+        return out
+
+    # -- per-pod traffic: bytes through the pod's own network namespace -----------------------
+    def _find_pid(self, key: str, rel: str | None) -> int | None:
+        pid = self._pid.get(key)
+        proc = self.config.proc_root
+        if pid is not None and (proc / str(pid)).exists():
+            return pid
+        self._pid.pop(key, None)
+        if rel is None:
+            return None
+        base = os.path.join(self.reader.root, rel)
+        for dirpath, _dirs, files in os.walk(base):
+            if "cgroup.procs" not in files:
+                continue
+            try:
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    first = f.readline().strip()
+            except OSError:
+                continue
+            if first.isdigit():
+                self._pid[key] = int(first)
+                return int(first)
+        return None
+
+    def _with_traffic(self, p: PodSample, rel: str | None) -> PodSample:
+        if p.host_network:
+            return p
+        proc = self.config.proc_root
+        pid = self._find_pid(p.uid, rel)
+        ns = netns_inode(proc, pid) if pid is not None else None
+        if ns is None or ns == self._host_netns():
+            self._net_prev.pop(p.uid, None)
+            return p  # host network (or unknown): its traffic is the node's
+        cur = read_netns_bytes(proc, pid)
+        if cur is None:
+            return p
+        prev = self._net_prev.get(p.uid)
+        self._net_prev[p.uid] = (ns, cur[0], cur[1])
+        if prev is None or prev[0] != ns or cur[0] < prev[1] or cur[1] < prev[2]:
+            return p  # first sight or a new sandbox: the window starts now
+        return dataclasses.replace(p, net_rx_bytes=cur[0] - prev[1], net_tx_bytes=cur[1] - prev[2])
+
+    def _host_netns(self) -> int | None:
+        """The node's network namespace: PID 1's (in a DaemonSet with hostPID that is the
+        host's init); where PID 1 is not readable, the agent's own (standalone on the host)."""
+        ns = netns_inode(self.config.proc_root, 1)
+        return ns if ns is not None else netns_inode(self.config.proc_root, "self")
 
     def allocatable(self) -> tuple[float | None, int | None] | None:
         node = self.metadata.snapshot().node

@@ -124,3 +124,36 @@ def tcp_window(prev: Mapping[int, TcpSegments] | None,
         sent += c.out_segs - p.out_segs
         retrans += c.retrans_segs - p.retrans_segs
     return sent, retrans
+
+
+def parse_net_dev(text: str) -> dict[str, tuple[int, int]]:
+    """/proc/<pid>/net/dev as {interface: (rx_bytes, tx_bytes)}."""
+    out = {}
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        if not sep:
+            raise ValueError(f"/proc/net/dev: bad line {line!r}")
+        fields = rest.split()
+        if len(fields) < 9 or not (fields[0].isdigit() and fields[8].isdigit()):
+            raise ValueError(f"/proc/net/dev: bad line {line!r}")
+        out[name.strip()] = (int(fields[0]), int(fields[8]))
+    return out
+
+
+def netns_inode(proc_root: Path, pid: int | str) -> int | None:
+    try:
+        link = os.readlink(proc_root / str(pid) / "ns" / "net")
+        return int(link[link.index("[") + 1:-1])
+    except (OSError, ValueError):
+        return None
+
+
+def read_netns_bytes(proc_root: Path, pid: int) -> tuple[int, int] | None:
+    """(rx, tx) bytes over every interface but loopback, in the network namespace of ``pid``."""
+    try:
+        devs = parse_net_dev((proc_root / str(pid) / "net" / "dev").read_text())
+    except (OSError, ValueError):
+        return None
+    rx = sum(r for name, (r, _) in devs.items() if name != "lo")
+    tx = sum(t for name, (_, t) in devs.items() if name != "lo")
+    return rx, tx

@@ -93,6 +93,8 @@ def build_payload(r: NodeReport) -> dict[str, Any]:
                 "cpu_throttled_ratio": _r(p.cpu_throttled_ratio),
                 "cpu_pressure": _r(p.cpu_pressure),
                 "memory_pressure": _r(p.memory_pressure),
+                "net_rx_bytes": p.net_rx_bytes,
+                "net_tx_bytes": p.net_tx_bytes,
             }
             for p in r.pods
         ],

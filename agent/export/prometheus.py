@@ -187,6 +187,8 @@ def render_report(r: NodeReport) -> list[Metric]:
         "mem": GaugeMetricFamily("ebpf_pod_memory_used_bytes", "Pod memory working set", labels=labels),
         "mem_limit": GaugeMetricFamily("ebpf_pod_memory_limit_bytes", "Pod memory limit from memory.max", labels=labels),
         "retrans": CounterMetricFamily("ebpf_pod_tcp_retransmit_skbs", "Retransmitted TCP skbs from the pod's addresses", labels=labels),
+        "rx": GaugeMetricFamily("ebpf_pod_network_receive_bytes_per_second", "Bytes the pod's network namespace received per second over the last window", labels=labels),
+        "tx": GaugeMetricFamily("ebpf_pod_network_transmit_bytes_per_second", "Bytes the pod's network namespace sent per second over the last window", labels=labels),
         "throttled": GaugeMetricFamily("ebpf_pod_cpu_throttled_ratio", "Share of the pod's CFS periods throttled over the last window", labels=labels),
         "cpu_psi": GaugeMetricFamily("ebpf_pod_cpu_pressure_ratio", "Share of the last window some of the pod's tasks waited for CPU (cpu.pressure some)", labels=labels),
         "mem_psi": GaugeMetricFamily("ebpf_pod_memory_pressure_ratio", "Share of the last window some of the pod's tasks stalled on memory (memory.pressure some)", labels=labels),
@@ -199,7 +201,9 @@ def render_report(r: NodeReport) -> list[Metric]:
                        ("slo", p.slo_violation_rate), ("cpu", p.cpu_used),
                        ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
                        ("mem_limit", p.memory_limit), ("throttled", p.cpu_throttled_ratio),
-                       ("cpu_psi", p.cpu_pressure), ("mem_psi", p.memory_pressure)):
+                       ("cpu_psi", p.cpu_pressure), ("mem_psi", p.memory_pressure),
+                       ("rx", None if p.net_rx_bytes is None else p.net_rx_bytes / r.window_seconds),
+                       ("tx", None if p.net_tx_bytes is None else p.net_tx_bytes / r.window_seconds)):
             if v is not None:
                 fams[key].add_metric(lv, float(v))
         if cum_retrans is not None and not p.host_network and p.addresses:

@@ -60,3 +60,27 @@ def test_read_netns_tcp_against_fixture_proc(tmp_path):
     (tmp_path / "13" / "ns").mkdir(parents=True)  # vanished process: no net link
     got = read_netns_tcp(tmp_path)
     assert got == {111: TcpSegments(2000, 30), 222: TcpSegments(2000, 30)}
+
+
+NET_DEV = """Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+  eth0: 5000000    4000    0    0    0     0          0         0   700000    3000    0    0    0     0       0          0
+"""
+
+
+def test_net_dev():
+    from agent.procfs import parse_net_dev, read_netns_bytes
+
+    assert parse_net_dev(NET_DEV) == {"lo": (1000, 1000), "eth0": (5000000, 700000)}
+    with pytest.raises(ValueError, match="net/dev"):
+        parse_net_dev("h1\nh2\n  eth0 1 2 3\n")
+
+
+def test_read_netns_bytes_excludes_loopback(tmp_path):
+    from agent.procfs import read_netns_bytes
+
+    (tmp_path / "42" / "net").mkdir(parents=True)
+    (tmp_path / "42" / "net" / "dev").write_text(NET_DEV)
+    assert read_netns_bytes(tmp_path, 42) == (5000000, 700000)
+    assert read_netns_bytes(tmp_path, 43) is None
