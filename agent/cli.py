@@ -232,6 +232,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if stop.is_set():
             return 0
         pod_source.start()
+        if config.advertise_capacity:
+            threading.Thread(target=_advertise_capacity, args=(config, pod_source, stop),
+                             name="capacity", daemon=True).start()
         sampler = Sampler(config, probes, pod_source)
         sampler_holder["sampler"] = sampler
         sampler.start()
@@ -277,6 +280,33 @@ def _pod_metrics(pod_source):
     e = CounterMetricFamily("ebpf_kube_api_errors", "Kubernetes API errors (the last good view is kept)")
     e.add_metric([], view.errors_total)
     yield e
+
+
+CAPACITY_RETRY = 600.0
+
+
+def _advertise_capacity(config: Config, pod_source, stop: threading.Event) -> None:
+    """Publish the link speed as an extended resource; retried every 10 minutes on failure."""
+    from agent.capacity import CapacityError, advertise_link_speed
+
+    endpoint = getattr(pod_source.metadata, "endpoint", None)
+    if endpoint is None:
+        log.error("capacity: no Kubernetes API in use; nothing advertised")
+        return
+    while not stop.is_set():
+        try:
+            bps = advertise_link_speed(endpoint, config.resolved_node_name(),
+                                       resource_name=config.capacity_resource,
+                                       interface=config.capacity_interface or None,
+                                       sys_class_net=str(config.sys_root / "class" / "net"))
+            log.info("capacity: advertised %s=%d on node %s", config.capacity_resource, bps,
+                     config.resolved_node_name())
+            return
+        except CapacityError as e:
+            log.error("%s (retry in %.0fs)", e, CAPACITY_RETRY)
+        except Exception as e:  # noqa: BLE001 - never take the agent down
+            log.error("capacity: %s (retry in %.0fs)", e, CAPACITY_RETRY)
+        stop.wait(CAPACITY_RETRY)
 
 
 def _pod_source(config: Config):

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,10 @@ class Config:
     kubernetes: str = "auto"  # auto | on | off
     kubernetes_api_url: str = ""  # empty: in-cluster (KUBERNETES_SERVICE_HOST + service account)
     standalone_cgroup_depth: int = 1  # standalone: cgroups this deep below the root are "pods"
+    # node capacity advertisement (needs Kubernetes and RBAC to patch nodes/status)
+    advertise_capacity: bool = False
+    capacity_resource: str = "example.com/SLO"
+    capacity_interface: str = ""  # empty: the interface of the default route
     tenant_label: str = ""  # empty: the namespace is the tenant
     rtt_slo_annotation: str = "ebpf-edge-agent.io/rtt-slo-ms"
     default_rtt_slo_ms: float = 100.0
@@ -108,6 +113,7 @@ class Config:
     btf_path: Path = Path("/sys/kernel/btf/vmlinux")
     modules_root: Path = Path("/lib/modules")
     proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
     bpf_dir: Path = field(default_factory=_default_bpf_dir)
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
@@ -168,6 +174,12 @@ def validate(c: Config) -> None:
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ConfigError("kubernetes_api_url", c.kubernetes_api_url,
                               "an http:// or https:// URL, or empty for in-cluster")
+    if c.advertise_capacity and c.kubernetes == "off":
+        raise ConfigError("advertise_capacity", True, "false when kubernetes is off (it patches the Node)")
+    if not re.fullmatch(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?",
+                        c.capacity_resource or ""):
+        raise ConfigError("capacity_resource", c.capacity_resource,
+                          "an extended resource name such as example.com/SLO")
     if isinstance(c.standalone_cgroup_depth, bool) or c.standalone_cgroup_depth not in range(0, 9):
         raise ConfigError("standalone_cgroup_depth", c.standalone_cgroup_depth, "an integer within 0..8")
     _check_positive("default_rtt_slo_ms", c.default_rtt_slo_ms, 0.001, 600_000, "milliseconds")

@@ -135,3 +135,41 @@ def test_fake_kubernetes_api_names_pods_and_tenants():
         cg.close()
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("patch_answer", ["ok", 403])
+def test_capacity_advertisement_patches_node_status_or_says_why(tmp_path, patch_answer):
+    from tests.unit.test_kube_api import NODE, FakeApi, Handler
+
+    fake = FakeApi()
+    fake.pods = {}
+    fake.patch_script = [patch_answer]
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (Handler,), {"api": fake}))
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    sysroot = tmp_path / "sys"
+    (sysroot / "class" / "net" / "eth9").mkdir(parents=True)
+    (sysroot / "class" / "net" / "eth9" / "speed").write_text("10000\n")  # Mb/s
+    try:
+        with Agent("--kubernetes", "on", "--sample-interval", "2", "--node-name", NODE,
+                   env={"EBPF_EDGE_AGENT_KUBERNETES_API_URL": f"http://127.0.0.1:{srv.server_address[1]}",
+                        "EBPF_EDGE_AGENT_ADVERTISE_CAPACITY": "true",
+                        "EBPF_EDGE_AGENT_CAPACITY_INTERFACE": "eth9",
+                        "EBPF_EDGE_AGENT_SYS_ROOT": str(sysroot)}) as agent:
+            agent.wait_ready()
+            deadline = time.monotonic() + 10
+            while not fake.patches and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert fake.patches, agent.output()
+            path, ctype, body, _ = fake.patches[0]
+            assert path == f"/api/v1/nodes/{NODE}/status"
+            assert body[0]["path"].endswith("example.com~1SLO") and body[0]["value"] == "10000000000"
+            time.sleep(0.5)
+            if patch_answer == 403:
+                assert "nodes/status" in agent.output() and "patch" in agent.output()
+                assert agent.proc.poll() is None  # RBAC refusal never takes the agent down
+            else:
+                assert "advertised example.com/SLO=10000000000" in agent.output()
+    finally:
+        srv.shutdown()
+        srv.server_close()
