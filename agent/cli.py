@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from agent import __version__
 from agent.config import ConfigError, Config, load_config
@@ -31,9 +30,9 @@ def _kernel(config: Config) -> KernelInfo:
 
 
 def _make_probes(config: Config, kernel: KernelInfo):
-    from agent.probes import PROBE_CLASSES
+    from agent.service import build_probes
 
-    return [PROBE_CLASSES[name](config, kernel) for name in config.probes]
+    return build_probes(config, kernel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,32 +165,8 @@ def cmd_smoke_test(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from agent.export.extender import Pusher
-    from agent.sampler import ProbeSet
-    from agent.server import Server
-    from agent.service import ReportBox, Sampler, make_registry
+    from agent.service import run_agent
 
-    box = ReportBox()
-    holder: dict = {}
-
-    def states():
-        ps = holder.get("probes")
-        return ps.states if ps is not None else {}
-
-    # bind the port before loading any BPF: an unusable port is a config error (exit 2)
-    try:
-        server = Server(config.listen_host, config.listen_port, registry=None, latest=box.report,
-                        payload=box.payload, states=states)
-    except OSError as e:
-        print(f"ebpf-edge-agent: invalid configuration: listen: {config.listen!r} cannot be bound "
-              f"({e.strerror or e}); choose a free HOST:PORT", file=sys.stderr)
-        return 2
-    try:
-        pod_source = _pod_source(config)
-    except ConfigError as e:
-        server.httpd.server_close()
-        print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
-        return 2
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -200,119 +175,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    pusher = None
-    if config.extender_url:
-        pusher = Pusher(config.extender_url, config.push_timeout, interval=config.push_interval,
-                        token_file=config.extender_token_file, ca_file=config.extender_ca_file,
-                        verify=config.extender_tls_verify,
-                        backoff_max=max(1.0, config.push_interval))
-    sampler_holder: dict = {}
-
-    def sampler_metrics():
-        s = sampler_holder.get("sampler")
-        return s.metrics() if s is not None else iter(())
-
-    extras = [sampler_metrics, lambda: _pod_metrics(pod_source)] + ([pusher.metrics] if pusher else [])
-    server.registry = make_registry(box, extras)
-    server.start()
-    log.info("serving /metrics /healthz /readyz /report on %s (node %s)", config.listen,
-             config.resolved_node_name())
-
-    kernel = _kernel(config)
-    probes = ProbeSet(_make_probes(config, kernel))
-    holder["probes"] = probes
-    try:
-        st = probes.start_all()
-        bad = {n: s for n, s in st.items() if s.state.value != "up"}
-        if config.strict and bad:
-            for n, s in bad.items():
-                log.error("strict: probe %s is %s: %s", n, s.state.value, s.reason)
-            return 1
-        if stop.is_set():
-            return 0
-        pod_source.start()
-        if config.advertise_capacity:
-            threading.Thread(target=_advertise_capacity, args=(config, pod_source, stop),
-                             name="capacity", daemon=True).start()
-        sampler = Sampler(config, probes, pod_source)
-        sampler_holder["sampler"] = sampler
-        sampler.start()
-        if pusher:
-            pusher.start()
-        interval = config.sample_interval
-        next_tick = time.monotonic() + interval
-        while not stop.wait(max(0.0, next_tick - time.monotonic())):
-            report = sampler.tick()
-            payload = box.publish(report)
-            if pusher:
-                pusher.offer(payload)  # the pusher keeps the push_interval cadence itself
-            now = time.monotonic()
-            next_tick += interval
-            if next_tick < now:  # overran: skip to the next future slot, never burst
-                next_tick = now + interval
-        return 0
-    finally:
-        t0 = time.monotonic()
-        server.stop()
-        if pusher:
-            pusher.stop(timeout=1.0)
-        probes.close_all()
-        pod_source.stop()
-        log.info("stopped in %.2fs (probes detached)", time.monotonic() - t0)
-
-
-def _pod_metrics(pod_source):
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-    c = CounterMetricFamily("ebpf_cgroup_read_problems",
-                            "cgroup files skipped while reading (vanished, garbled, errors)",
-                            labels=["kind"])
-    totals = pod_source.read_totals()
-    for kind in ("vanished", "garbled", "errors"):
-        c.add_metric([kind], totals.get(kind, 0))
-    yield c
-    view = pod_source.metadata.snapshot()
-    g = GaugeMetricFamily("ebpf_pod_metadata_synced",
-                          "1 once pod metadata was listed (always 1 standalone)", labels=["source"])
-    g.add_metric([view.source], 1 if view.synced else 0)
-    yield g
-    e = CounterMetricFamily("ebpf_kube_api_errors", "Kubernetes API errors (the last good view is kept)")
-    e.add_metric([], view.errors_total)
-    yield e
-
-
-CAPACITY_RETRY = 600.0
-
-
-def _advertise_capacity(config: Config, pod_source, stop: threading.Event) -> None:
-    """Publish the link speed as an extended resource; retried every 10 minutes on failure."""
-    from agent.capacity import CapacityError, advertise_link_speed
-
-    endpoint = getattr(pod_source.metadata, "endpoint", None)
-    if endpoint is None:
-        log.error("capacity: no Kubernetes API in use; nothing advertised")
-        return
-    while not stop.is_set():
-        try:
-            bps = advertise_link_speed(endpoint, config.resolved_node_name(),
-                                       resource_name=config.capacity_resource,
-                                       interface=config.capacity_interface or None,
-                                       sys_class_net=str(config.sys_root / "class" / "net"))
-            log.info("capacity: advertised %s=%d on node %s", config.capacity_resource, bps,
-                     config.resolved_node_name())
-            return
-        except CapacityError as e:
-            log.error("%s (retry in %.0fs)", e, CAPACITY_RETRY)
-        except Exception as e:  # noqa: BLE001 - never take the agent down
-            log.error("capacity: %s (retry in %.0fs)", e, CAPACITY_RETRY)
-        stop.wait(CAPACITY_RETRY)
-
-
-def _pod_source(config: Config):
-    from agent.pods import ClusterPods
-
-    return ClusterPods.from_config(config)
+    return run_agent(config, stop)
 
 
 # ---------------------------------------------------------------------------------------------

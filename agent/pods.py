@@ -198,3 +198,23 @@ class ClusterPods:
 
     def read_totals(self) -> dict[str, int]:
         return dict(self.reader.totals) if self.reader is not None else {}
+
+    def metrics(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        c = CounterMetricFamily("ebpf_cgroup_read_problems",
+                                "cgroup files skipped while reading (vanished, garbled, errors)",
+                                labels=["kind"])
+        totals = self.read_totals()
+        for kind in ("vanished", "garbled", "errors"):
+            c.add_metric([kind], totals.get(kind, 0))
+        yield c
+        view = self.metadata.snapshot()
+        g = GaugeMetricFamily("ebpf_pod_metadata_synced",
+                              "1 once pod metadata was listed (always 1 standalone)", labels=["source"])
+        g.add_metric([view.source], 1 if view.synced else 0)
+        yield g
+        e = CounterMetricFamily("ebpf_kube_api_errors",
+                                "Kubernetes API errors (the last good view is kept)")
+        e.add_metric([], view.errors_total)
+        yield e

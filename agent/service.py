@@ -14,13 +14,15 @@ from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
-from agent.config import Config
+from agent.config import Config, ConfigError
+from agent.export.extender import Pusher
 from agent.export.payload import build_payload
 from agent.export.prometheus import ReportCollector
 from agent.model import NodeReport, NodeResources, PodSample
 from agent.procfs import (CpuTimes, cpu_utilization, parse_meminfo, parse_proc_stat,
                           read_netns_tcp, tcp_window)
 from agent.report import build_report
+from agent.kernel import KernelInfo, detect
 from agent.sampler import ProbeSet
 
 log = logging.getLogger(__name__)
@@ -171,3 +173,138 @@ def make_registry(box: ReportBox, extras: Sequence[Callable[[], Iterator[Metric]
 
     registry.register(ReportCollector(box.report, extra))
     return registry
+
+
+# ---------------------------------------------------------------------------------------------
+# the agent's lifecycle
+
+
+def detect_kernel(config: Config) -> KernelInfo:
+    return detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root)
+
+
+def build_probes(config: Config, kernel: KernelInfo) -> list:
+    from agent.probes import PROBE_CLASSES
+
+    return [PROBE_CLASSES[name](config, kernel) for name in config.probes]
+
+
+def make_pod_source(config: Config):
+    from agent.pods import ClusterPods
+
+    return ClusterPods.from_config(config)
+
+
+def run_agent(config: Config, stop: threading.Event) -> int:
+    """Serve, sample every ``sample_interval`` and push until ``stop`` is set. Returns the exit
+    status: 2 for a configuration that cannot work (before any BPF is loaded), 1 when --strict
+    and a probe failed, else 0."""
+    import sys
+
+    from agent.server import Server
+
+    box = ReportBox()
+    holder: dict = {}
+
+    def states():
+        ps = holder.get("probes")
+        return ps.states if ps is not None else {}
+
+    # bind the port before loading any BPF: an unusable port is a config error (exit 2)
+    try:
+        server = Server(config.listen_host, config.listen_port, registry=None, latest=box.report,
+                        payload=box.payload, states=states)
+    except OSError as e:
+        print(f"ebpf-edge-agent: invalid configuration: listen: {config.listen!r} cannot be bound "
+              f"({e.strerror or e}); choose a free HOST:PORT", file=sys.stderr)
+        return 2
+    try:
+        pod_source = make_pod_source(config)
+    except ConfigError as e:
+        server.httpd.server_close()
+        print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
+        return 2
+
+    pusher = None
+    if config.extender_url:
+        pusher = Pusher(config.extender_url, config.push_timeout, interval=config.push_interval,
+                        token_file=config.extender_token_file, ca_file=config.extender_ca_file,
+                        verify=config.extender_tls_verify,
+                        backoff_max=max(1.0, config.push_interval))
+
+    def sampler_metrics():
+        s = holder.get("sampler")
+        return s.metrics() if s is not None else iter(())
+
+    extras = [sampler_metrics, pod_source.metrics] + ([pusher.metrics] if pusher else [])
+    server.registry = make_registry(box, extras)
+    server.start()
+    log.info("serving /metrics /healthz /readyz /report on %s (node %s)", config.listen,
+             config.resolved_node_name())
+
+    probes = ProbeSet(build_probes(config, detect_kernel(config)))
+    holder["probes"] = probes
+    try:
+        st = probes.start_all()
+        bad = {n: s for n, s in st.items() if s.state.value != "up"}
+        if config.strict and bad:
+            for n, s in bad.items():
+                log.error("strict: probe %s is %s: %s", n, s.state.value, s.reason)
+            return 1
+        if stop.is_set():
+            return 0
+        pod_source.start()
+        if config.advertise_capacity:
+            threading.Thread(target=advertise_capacity, args=(config, pod_source, stop),
+                             name="capacity", daemon=True).start()
+        sampler = Sampler(config, probes, pod_source)
+        holder["sampler"] = sampler
+        sampler.start()
+        if pusher:
+            pusher.start()
+        interval = config.sample_interval
+        next_tick = time.monotonic() + interval
+        while not stop.wait(max(0.0, next_tick - time.monotonic())):
+            payload = box.publish(sampler.tick())
+            if pusher:
+                pusher.offer(payload)  # the pusher keeps the push_interval cadence itself
+            now = time.monotonic()
+            next_tick += interval
+            if next_tick < now:  # overran: skip to the next future slot, never burst
+                next_tick = now + interval
+        return 0
+    finally:
+        t0 = time.monotonic()
+        server.stop()
+        if pusher:
+            pusher.stop(timeout=1.0)
+        probes.close_all()
+        pod_source.stop()
+        log.info("stopped in %.2fs (probes detached)", time.monotonic() - t0)
+
+
+CAPACITY_RETRY = 600.0
+
+
+def advertise_capacity(config: Config, pod_source, stop: threading.Event) -> None:
+    """Publish the link speed as an extended resource; retried every 10 minutes on failure."""
+    from agent.capacity import CapacityError, advertise_link_speed
+
+    endpoint = getattr(pod_source.metadata, "endpoint", None)
+    if endpoint is None:
+        log.error("capacity: no Kubernetes API in use; nothing advertised")
+        return
+    while not stop.is_set():
+        try:
+            bps = advertise_link_speed(endpoint, config.resolved_node_name(),
+                                       resource_name=config.capacity_resource,
+                                       interface=config.capacity_interface or None,
+                                       sys_class_net=str(config.sys_root / "class" / "net"))
+            log.info("capacity: advertised %s=%d on node %s", config.capacity_resource, bps,
+                     config.resolved_node_name())
+            return
+        except CapacityError as e:
+            log.error("%s (retry in %.0fs)", e, CAPACITY_RETRY)
+        except Exception as e:  # noqa: BLE001 - never take the agent down
+            log.error("capacity: %s (retry in %.0fs)", e, CAPACITY_RETRY)
+        stop.wait(CAPACITY_RETRY)
