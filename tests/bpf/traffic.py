@@ -13,14 +13,7 @@ import time
 
 
 def sink(host: str, port: int, seconds: float) -> None:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    srv = socket.socket(fam, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if fam == socket.AF_INET6 and host == "::":
-        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual stack
-    srv.bind((host, port))
-    srv.listen(16)
-    srv.settimeout(seconds)
+    srv = _listen(host, port, seconds)
     print("ready", flush=True)
     deadline = time.monotonic() + seconds
 
