@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 AGENT  := $(VENV)/bin/ebpf-edge-agent
 PYTEST_ARGS ?=
 
-.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench
+.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench image deploy undeploy test-deploy
 
 dev-setup:
 	@./scripts/dev-setup.sh
@@ -39,3 +39,21 @@ test-kernels: dev-setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# --- deployment (docs/deploy.md) ---------------------------------------------------------------
+IMAGE ?= localhost/ebpf-edge-agent:dev
+
+# the container image with podman (installs podman/buildah/runc/debootstrap, caches the base)
+image:
+	IMAGE=$(IMAGE) ./scripts/image.sh build
+
+# apply / remove the rendered manifests on the cluster kubectl points at
+deploy:
+	kubectl apply -k manifests/
+
+undeploy:
+	kubectl delete -k manifests/ --ignore-not-found
+
+# manifests, rules, PromQL in the lab and the image test (also part of make test; ~1 min)
+test-deploy: dev-setup
+	$(PY) -m pytest -ra tests/deploy $(PYTEST_ARGS)
