@@ -53,6 +53,37 @@ def read_link_speed(ifname: str, sys_class_net: str = "/sys/class/net") -> Optio
     return parse_link_speed(text)
 
 
+def parse_proc_route_default(text: str) -> Optional[str]:
+    """The interface of the lowest-metric IPv4 default route in a /proc/<pid>/net/route text."""
+    best = None
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 8:
+            continue
+        try:
+            dest, flags, metric, mask = int(f[1], 16), int(f[3], 16), int(f[6]), int(f[7], 16)
+        except ValueError:
+            raise ValueError(f"net/route: bad line {line!r}") from None
+        if dest == 0 and mask == 0 and flags & 0x1:  # RTF_UP
+            if best is None or metric < best[0]:
+                best = (metric, f[0])
+    return best[1] if best else None
+
+
+def read_node_default_route_interface(proc_root: str = "/proc") -> Optional[str]:
+    """The node's default-route interface. In a pod (own network namespace) the node's routes
+    are those of PID 1 seen through the host's /proc mounted at ``proc_root``; where that is not
+    readable, the agent's own namespace via netlink."""
+    try:
+        with open(os.path.join(proc_root, "1", "net", "route")) as f:
+            name = parse_proc_route_default(f.read())
+        if name is not None:
+            return name
+    except (OSError, ValueError):
+        pass
+    return read_default_route_interface()
+
+
 def read_default_route_interface(ipr: Any = None) -> Optional[str]:
     """Name of the interface of the default route (lowest metric; IPv4 first, then IPv6), via
     netlink (pyroute2). None when there is no default route."""
@@ -136,10 +167,11 @@ def advertise_link_speed(
     sys_class_net: str = "/sys/class/net",
     timeout: float = 10.0,
     session: Optional[requests.Session] = None,
+    proc_root: str = "/proc",
 ) -> int:
     """Read the speed of ``interface`` (default: the default route's) and publish it. Returns the
     value published in bit/s; raises CapacityError when there is nothing sensible to publish."""
-    ifname = interface or read_default_route_interface()
+    ifname = interface or read_node_default_route_interface(proc_root)
     if ifname is None:
         raise CapacityError("capacity: no default route, so no interface to advertise (set one explicitly)")
     speed = read_link_speed(ifname, sys_class_net)

@@ -299,7 +299,8 @@ def advertise_capacity(config: Config, pod_source, stop: threading.Event) -> Non
             bps = advertise_link_speed(endpoint, config.resolved_node_name(),
                                        resource_name=config.capacity_resource,
                                        interface=config.capacity_interface or None,
-                                       sys_class_net=str(config.sys_root / "class" / "net"))
+                                       sys_class_net=str(config.sys_root / "class" / "net"),
+                                       proc_root=str(config.proc_root))
             log.info("capacity: advertised %s=%d on node %s", config.capacity_resource, bps,
                      config.resolved_node_name())
             return

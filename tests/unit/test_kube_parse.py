@@ -182,3 +182,18 @@ def test_capacity_pure_parts():
             return [Msg({"IFLA_IFNAME": {2: "eth0", 3: "wlan0"}[index]})]
 
     assert read_default_route_interface(FakeIPR()) == "eth0"  # lowest metric wins
+
+
+def test_node_default_route_from_proc_route_text():
+    from agent.capacity import parse_proc_route_default
+
+    text = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+            "eth1\t00000000\t010200C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n"
+            "eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
+            "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    assert parse_proc_route_default(text) == "eth0"  # lowest metric
+    assert parse_proc_route_default(text.splitlines()[0] + "\n") is None
+    import pytest
+
+    with pytest.raises(ValueError, match="net/route"):
+        parse_proc_route_default("h\neth0 zz 0 0003 0 0 0 00000000\n")
