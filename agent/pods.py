@@ -16,7 +16,7 @@ from agent.config import Config, ConfigError
 from agent.kube import (ApiEndpoint, KubeView, PodMeta, PodWatcher, StandaloneMetadata,
                         in_cluster_endpoint, pod_from_cgroup)
 from agent.model import PodSample
-from agent.procfs import netns_inode, read_netns_bytes
+from agent.procfs import netns_key, read_netns_bytes
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class ClusterPods:
             return p
         proc = self.config.proc_root
         pid = self._find_pid(p.uid, rel)
-        ns = netns_inode(proc, pid) if pid is not None else None
+        ns = netns_key(proc, pid) if pid is not None else None
         if ns is None or ns == self._host_netns():
             self._net_prev.pop(p.uid, None)
             return p  # host network (or unknown): its traffic is the node's
@@ -187,8 +187,8 @@ class ClusterPods:
     def _host_netns(self) -> int | None:
         """The node's network namespace: PID 1's (in a DaemonSet with hostPID that is the
         host's init); where PID 1 is not readable, the agent's own (standalone on the host)."""
-        ns = netns_inode(self.config.proc_root, 1)
-        return ns if ns is not None else netns_inode(self.config.proc_root, "self")
+        ns = netns_key(self.config.proc_root, 1)
+        return ns if ns is not None else netns_key(self.config.proc_root, "self")
 
     def allocatable(self) -> tuple[float | None, int | None] | None:
         node = self.metadata.snapshot().node

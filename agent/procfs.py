@@ -80,30 +80,25 @@ class TcpSegments:
 
 
 def read_netns_tcp(proc_root: Path) -> dict[int, TcpSegments]:
-    """TCP segment counters of every network namespace that has a process, keyed by the
-    namespace's inode. (A namespace without any process has no TCP endpoint to count.)"""
+    """TCP segment counters of every network namespace that has a process, keyed by
+    :func:`netns_key`. (A namespace without any process has no TCP endpoint to count.)"""
     out: dict[int, TcpSegments] = {}
     try:
         entries = os.listdir(proc_root)
     except OSError:
         return out
-    seen: set[int] = set()
     for name in entries:
         if not name.isdigit():
             continue
         try:
-            link = os.readlink(proc_root / name / "ns" / "net")  # "net:[4026531840]"
-            ino = int(link[link.index("[") + 1:-1])
-        except (OSError, ValueError):
-            continue
-        if ino in seen:
-            continue
-        seen.add(ino)
-        try:
-            c = parse_snmp_tcp((proc_root / name / "net" / "snmp").read_text())
-            out[ino] = TcpSegments(c["OutSegs"], c["RetransSegs"])
+            with open(proc_root / name / "net" / "snmp") as f:
+                key = os.fstat(f.fileno()).st_ino
+                if key in out:
+                    continue
+                c = parse_snmp_tcp(f.read())
+            out[key] = TcpSegments(c["OutSegs"], c["RetransSegs"])
         except (OSError, ValueError, KeyError):
-            seen.discard(ino)  # process gone or unreadable: try another process of that netns
+            continue  # process gone or unreadable: another process of that netns may do
     return out
 
 
@@ -140,11 +135,14 @@ def parse_net_dev(text: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def netns_inode(proc_root: Path, pid: int | str) -> int | None:
+def netns_key(proc_root: Path, pid: int | str) -> int | None:
+    """A stable identity of the network namespace ``pid`` is in: the inode of its
+    ``net/snmp`` entry, which procfs creates once per namespace. Unlike the ``ns/net`` link this
+    needs no ptrace access to the process, so it also works from a container for host
+    processes with more capabilities than the agent."""
     try:
-        link = os.readlink(proc_root / str(pid) / "ns" / "net")
-        return int(link[link.index("[") + 1:-1])
-    except (OSError, ValueError):
+        return os.stat(proc_root / str(pid) / "net" / "snmp").st_ino
+    except OSError:
         return None
 
 

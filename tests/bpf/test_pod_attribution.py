@@ -32,9 +32,18 @@ class StaticPods:
 def test_each_pod_matches_its_own_witness(config, kernel, lab):
     require_tracepoint(kernel, "tcp:tcp_probe")
     require_tracepoint(kernel, "tcp:tcp_retransmit_skb")
-    # pod a: bandwidth-limited egress (queueing delay -> high srtt for what a sends)
-    lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "5mbit",
-              "burst", "32kbit", "latency", "400ms")
+    # pod a: what a sends to b's port goes through a 5 mbit/s tbf (queueing delay -> high srtt
+    # for a); everything else a sends, such as its ACKs to b, bypasses it (htb default class)
+    dev = lab.a.dev
+    lab.a.run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "20")
+    lab.a.run("tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+              "rate", "5mbit", "ceil", "5mbit")
+    lab.a.run("tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb",
+              "rate", "10gbit")
+    lab.a.run("tc", "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "tbf",
+              "rate", "5mbit", "burst", "32kbit", "latency", "400ms")
+    lab.a.run("tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "u32",
+              "match", "ip", "dport", str(PORT_B), "0xffff", "flowid", "1:10")
     # pod b's data to a is randomly dropped on a's input (-> b retransmits)
     lab.a.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT_A), "-m",
               "statistic", "--mode", "random", "--probability", "0.03", "-j", "DROP")
@@ -76,7 +85,11 @@ def test_each_pod_matches_its_own_witness(config, kernel, lab):
     for pod, ss in ((a, ss_a), (b, ss_b)):
         assert len(ss) >= 20
         want = statistics.median(ss)
-        assert abs(pod.rtt_p50_ms - want) / want <= 0.15, (pod.pod, pod.rtt_p50_ms, want)
+        # 25 % (the probe weighs samples by ACK, ss by time: they part when srtt swings under
+        # load; tests/bpf/test_lab.py holds the steady single-flow case to 15 %), or 50 us
+        # where ss's own resolution (1 us, printed in ms) dominates
+        assert abs(pod.rtt_p50_ms - want) <= max(0.25 * want, 0.05), (pod.pod, pod.rtt_p50_ms, want)
+    assert a.rtt_p50_ms > 10 * b.rtt_p50_ms  # the tbf delays only pod a's flow
     # retransmits: skbs <= segments of its own namespace; the lossy pod b retransmits, and
     # each pod's count is bounded by its own witness, not the other's
     assert b.retrans_events >= 10 and b.retrans_events <= seg_b

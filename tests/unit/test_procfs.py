@@ -51,15 +51,23 @@ def test_tcp_window_sums_namespaces_seen_twice():
 
 
 def test_read_netns_tcp_against_fixture_proc(tmp_path):
-    for pid, ino in (("10", 111), ("11", 111), ("12", 222)):
-        (tmp_path / pid / "ns").mkdir(parents=True)
-        (tmp_path / pid / "ns" / "net").symlink_to(f"net:[{ino}]")
-        (tmp_path / pid / "net").mkdir()
+    import os
+
+    from agent.procfs import netns_key
+
+    for pid in ("10", "12"):
+        (tmp_path / pid / "net").mkdir(parents=True)
         (tmp_path / pid / "net" / "snmp").write_text(SNMP)
+    (tmp_path / "11").mkdir()
+    (tmp_path / "11" / "net").symlink_to(tmp_path / "10" / "net")  # same namespace as pid 10
     (tmp_path / "self").mkdir()
-    (tmp_path / "13" / "ns").mkdir(parents=True)  # vanished process: no net link
+    (tmp_path / "13").mkdir()  # vanished process: no net directory
     got = read_netns_tcp(tmp_path)
-    assert got == {111: TcpSegments(2000, 30), 222: TcpSegments(2000, 30)}
+    ino10 = os.stat(tmp_path / "10" / "net" / "snmp").st_ino
+    ino12 = os.stat(tmp_path / "12" / "net" / "snmp").st_ino
+    assert got == {ino10: TcpSegments(2000, 30), ino12: TcpSegments(2000, 30)}
+    assert netns_key(tmp_path, 11) == netns_key(tmp_path, 10) == ino10
+    assert netns_key(tmp_path, 13) is None
 
 
 NET_DEV = """Inter-|   Receive                                                |  Transmit
