@@ -184,10 +184,11 @@ class NodeReport:
     rtt_p90_ms: float | None
     rtt_p99_ms: float | None
     rtt_samples: int | None
-    retrans_rate: float | None  # retransmitted / sent segments (SNMP, all namespaces)
+    retrans_rate: float | None  # RetransSegs / (OutSegs + RetransSegs), SNMP, all namespaces
     sent_segments: int | None
     retrans_segments: int | None
     retrans_events: int | None  # retransmitted skbs seen by the probe
+    network_namespaces: int | None  # namespaces whose SNMP counters were summed
     drop_rate: float | None  # dropped skbs per second (non-drops excluded)
     drop_reason_rates: Mapping[str, float]
     drop_rate_weighted: float | None

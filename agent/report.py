@@ -55,6 +55,7 @@ def build_report(
     cumulative: Mapping[str, ProbeSnapshot],
     tcp_segments: tuple[int, int] | None,
     resources: NodeResources,
+    network_namespaces: int | None = None,
     pods: Sequence[PodSample],
     program_stats: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
     sample_duration_seconds: float = 0.0,
@@ -79,8 +80,10 @@ def build_report(
     # --- retransmits ----------------------------------------------------------------------------
     retrans_rate = sent = retrans_segs = None
     if tcp_segments is not None:
+        # Linux's OutSegs excludes retransmitted segments, so the segments sent are both
         sent, retrans_segs = tcp_segments
-        retrans_rate = retrans_segs / sent if sent else 0.0
+        total = sent + retrans_segs
+        retrans_rate = retrans_segs / total if total else 0.0
     rt_win = windows.get("tcp_retrans") if _up(states, "tcp_retrans") else None
     pod_retrans: dict[str, int] = {}
     if rt_win:
@@ -181,6 +184,7 @@ def build_report(
         sent_segments=sent,
         retrans_segments=retrans_segs,
         retrans_events=sum(rt_win.counts.values()) if rt_win is not None else None,
+        network_namespaces=network_namespaces,
         drop_rate=drop_rate,
         drop_reason_rates=reason_rates,
         drop_rate_weighted=weighted,

@@ -141,6 +141,7 @@ class Sampler:
             cumulative=self.probes.cumulative(),
             tcp_segments=segs,
             resources=resources,
+            network_namespaces=len(tcp) if tcp is not None else None,
             pods=pods,
             program_stats=self.probes.program_stats(self._bpf_stats_enabled()),
             sample_duration_seconds=self.clock() - t0,

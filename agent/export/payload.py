@@ -52,6 +52,7 @@ def build_payload(r: NodeReport) -> dict[str, Any]:
         "retrans_segments": r.retrans_segments,
         "sent_segments": r.sent_segments,
         "retrans_events": r.retrans_events,
+        "network_namespaces": r.network_namespaces,
         "drop_rate": _r(r.drop_rate),
         "drop_rate_weighted": _r(r.drop_rate_weighted),
         "drop_reason_rates": {k: _r(v) for k, v in r.drop_reason_rates.items()},

@@ -89,8 +89,11 @@ def render_report(r: NodeReport) -> list[Metric]:
            None if r.rtt_p90_ms is None else r.rtt_p90_ms / 1000, out)
     _gauge("ebpf_rtt_p99_milliseconds", "TCP smoothed RTT p99 over the last window (ms)", r.rtt_p99_ms, out)
     _gauge("ebpf_tcp_retrans_rate",
-           "Retransmitted / sent TCP segments over the last window, all network namespaces "
-           "(kernel SNMP segment counters)", r.retrans_rate, out)
+           "Share of TCP segments sent over the last window that were retransmissions: "
+           "RetransSegs / (OutSegs + RetransSegs), kernel SNMP counters of every network namespace",
+           r.retrans_rate, out)
+    _gauge("ebpf_network_namespaces", "Network namespaces whose TCP counters the retransmit "
+           "rate sums (those with at least one process)", r.network_namespaces, out)
     _gauge("ebpf_drop_rate", "Dropped skbs per second over the last window (all reasons; "
            "NOT_DROPPED_YET and CONSUMED are not drops)", r.drop_rate, out)
     if r.drop_rate is not None:

@@ -21,7 +21,7 @@ GOLDEN = ROOT / "tests" / "fixtures" / "golden"
 
 def test_node_figures_by_hand():
     r = F.report()
-    assert r.retrans_rate == pytest.approx(0.005)
+    assert r.retrans_rate == pytest.approx(50 / 10_050)  # OutSegs excludes retransmissions
     assert r.drop_rate == pytest.approx(6.0)  # 60 drops / 10 s
     assert r.drop_reason_rates == {"NO_SOCKET": 5.0, "QDISC_DROP": 1.0}
     assert r.drop_rate_weighted == pytest.approx(1.0)  # NO_SOCKET weighs 0, QDISC_DROP 1
@@ -39,10 +39,11 @@ def test_score_by_hand():
     r = F.report()
     inp = r.score_inputs
     assert inp["rtt_p99"] == 1.0 and inp["cpu_util"] == 0.0
-    assert inp["retrans_rate"] == pytest.approx(0.1)
+    assert inp["retrans_rate"] == pytest.approx(50 / 10_050 / 0.05)
     assert inp["drop_rate"] == pytest.approx(1.0 / 200)
     rq = (r.runqlat_p95_ms - 0.1) / 19.9
-    assert r.score == pytest.approx(100 * (1 - (0.3 + 0.02 + 0.001 + 0.15 * rq)), abs=1e-3)
+    assert r.score == pytest.approx(100 * (1 - (0.3 + 0.2 * inp["retrans_rate"] + 0.001 + 0.15 * rq)),
+                                    abs=1e-3)
 
 
 def test_pods_attribution_by_address_and_host_network_not_guessed():
@@ -114,7 +115,7 @@ def test_golden_metrics_and_payload():
 def test_metrics_contents():
     text = generate_latest(_registry(F.report())).decode()
     for line in (
-        "ebpf_tcp_retrans_rate 0.005",
+        "ebpf_tcp_retrans_rate 0.004975124378109453",
         'ebpf_drop_reason_rate{reason="NO_SOCKET"} 5.0',
         'ebpf_skb_drops_total{reason="NO_SOCKET"} 120.0',
         'ebpf_pod_tcp_retransmit_skbs_total{namespace="team-a",pod="web-0"} 7.0',
