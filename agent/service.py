@@ -79,6 +79,7 @@ class Sampler:
         self.node_name = config.resolved_node_name()
         self.sequence = 0
         self.reader_errors: dict[str, int] = {}
+        self.cycle_errors = 0
         self._last_error_log: dict[str, float] = {}
         self._prev_cpu: CpuTimes | None = None
         self._prev_tcp = None
@@ -159,6 +160,10 @@ class Sampler:
         for r, n in sorted(self.reader_errors.items()):
             e.add_metric([r], n)
         yield e
+        c = CounterMetricFamily("ebpf_agent_cycle_errors",
+                                "Sampling cycles that failed as a whole (the last report stays published)")
+        c.add_metric([], self.cycle_errors)
+        yield c
 
 
 def make_registry(box: ReportBox, extras: Sequence[Callable[[], Iterator[Metric]]]) -> CollectorRegistry:
@@ -266,9 +271,14 @@ def run_agent(config: Config, stop: threading.Event) -> int:
         interval = config.sample_interval
         next_tick = time.monotonic() + interval
         while not stop.wait(max(0.0, next_tick - time.monotonic())):
-            payload = box.publish(sampler.tick())
-            if pusher:
-                pusher.offer(payload)  # the pusher keeps the push_interval cadence itself
+            try:
+                payload = box.publish(sampler.tick())
+            except Exception:  # noqa: BLE001 - a bug in one cycle must not end the agent
+                sampler.cycle_errors += 1
+                log.exception("sampling cycle failed; the previous report stays published")
+            else:
+                if pusher:
+                    pusher.offer(payload)  # the pusher keeps the push_interval cadence itself
             now = time.monotonic()
             next_tick += interval
             if next_tick < now:  # overran: skip to the next future slot, never burst

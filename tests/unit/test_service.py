@@ -109,3 +109,77 @@ def test_a_scrape_does_not_trigger_collection(service):
 def test_unknown_path_is_404(service):
     _, _, srv = service
     assert get(f"http://127.0.0.1:{srv.port}/nope")[0] == 404
+
+
+def test_run_agent_survives_a_failing_cycle(monkeypatch, tmp_path):
+    """A bug that makes one whole cycle raise is logged and counted; the agent keeps serving."""
+    import threading
+    import time as _time
+
+    from agent import service
+    from agent.config import Config
+
+    calls = {"n": 0}
+    real_tick = service.Sampler.tick
+
+    def flaky_tick(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ZeroDivisionError("bug in report building")
+        return real_tick(self)
+
+    monkeypatch.setattr(service.Sampler, "tick", flaky_tick)
+    monkeypatch.setattr(service, "build_probes", lambda c, k: [Fake("tcp_rtt"), Fake("runqlat")])
+    monkeypatch.setattr(service, "detect_kernel", lambda c: None)
+    monkeypatch.setattr(service, "make_pod_source", lambda c: _NoPodsWithMetrics())
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cfg = Config(listen=f"127.0.0.1:{port}", sample_interval=0.2, kubernetes="off")
+    stop = threading.Event()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", service.run_agent(cfg, stop)))
+    t.start()
+    try:
+        deadline = _time.monotonic() + 10
+        while _time.monotonic() < deadline:
+            try:
+                code, body = get(f"http://127.0.0.1:{port}/metrics")
+                if "ebpf_agent_cycle_errors_total 1.0" in body and "ebpf_report_sequence" in body:
+                    break
+            except OSError:
+                pass
+            _time.sleep(0.1)
+        else:
+            raise AssertionError("agent did not recover from the failing cycle")
+    finally:
+        stop.set()
+        t.join(5)
+    assert result["rc"] == 0
+
+
+class _NoPodsWithMetrics:
+    class metadata:
+        @staticmethod
+        def snapshot():
+            from agent.kube import KubeView
+
+            return KubeView(source="standalone", node_name="n", synced=True)
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def pods(self):
+        return ()
+
+    def allocatable(self):
+        return None
+
+    def metrics(self):
+        return iter(())
