@@ -150,6 +150,8 @@ class Pusher:
             resp.close()
         except requests.exceptions.RequestException as e:
             return self._fail(classify(e), f"{type(e).__name__}: {e}")
+        except Exception as e:  # noqa: BLE001 - the pusher thread must outlive any surprise
+            return self._fail("other", f"{type(e).__name__}: {e}")
         if 200 <= status < 300:
             self.delivered += 1
             self.last_success = self._wall()

@@ -136,3 +136,15 @@ def test_push_interval_cadence_sends_only_the_newest(ext):
         assert ext.received[1]["sequence"] == 4 and p.replaced == 0  # no failure: not "replaced"
     finally:
         p.stop()
+
+
+def test_an_unexpected_error_is_counted_and_the_thread_lives_on(ext):
+    p = make(ext)
+    try:
+        p.offer({"sequence": 1, "bad": {1, 2}})  # a set: not JSON-serialisable
+        assert wait_for(lambda: p.failures["other"] >= 1)
+        p.offer({"sequence": 2})
+        assert wait_for(lambda: ext.received)
+        assert ext.received[0]["sequence"] == 2
+    finally:
+        p.stop()
