@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Kernel matrix results: collect one run's output into JSON, render the README table.
+
+    matrix.py collect --name SUITE --out DIR --seconds N --results DIR
+    matrix.py render  --results DIR --readme README.md [--check]
+    matrix.py verdict --results DIR SUITE...
+
+``collect`` turns what guest-run.sh left in DIR (check-kernel/smoke-test JSON and exit codes,
+pytest's JUnit XML) into ``<results>/<SUITE>.json``. ``render`` writes the kernel x probe table
+between the README's kernel-matrix markers, from those JSON files only. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROBES = ("tcp_rtt", "tcp_retrans", "skb_drop", "runqlat")
+SUITE_LABEL = {"bullseye": "Debian 11 bullseye", "bookworm": "Debian 12 bookworm",
+               "trixie": "Debian 13 trixie", "host": "this host"}
+BEGIN_RE = re.compile(r"^<!-- kernel-matrix:begin.*-->$", re.M)
+END = "<!-- kernel-matrix:end -->"
+
+HOW_TO_RUN = """\
+Produced by `make test-kernels` (`scripts/kernel-matrix/run.sh`, as root): it fetches Debian's
+kernel and header packages with a private apt configuration (cached in
+`/var/lib/ebpf-edge-agent/kernel-matrix`, never installed), boots each kernel once under QEMU with
+virtme-ng (software emulation, 2 CPUs, 1 GiB) and runs `check-kernel`, `smoke-test` and the
+real-kernel tests there, then the same on the host. The last full run took about 12 minutes on
+this 2-core machine (3-10 min per emulated kernel: see `seconds` in each result); it is not part
+of `make test` or CI. Per-kernel results: `tests/kernels/results/`."""
+
+
+# ---------------------------------------------------------------------------------------------
+# collect
+
+
+def read_exclusions(scope: str, path: Path = HERE / "exclude.txt") -> dict[str, str]:
+    """Tests left out in ``scope`` ("guest" or "host"): {node id: why}."""
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[0] in ("all", scope) and parts[1].startswith("tests/"):
+            out[parts[1]] = (parts[2] if len(parts) > 2 else "").lstrip("# ").strip()
+    return out
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"error": f"{path.name}: {e}"}
+
+
+def _read_rc(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def parse_junit(text: str) -> dict:
+    """pytest's JUnit XML -> {counts, tests: {node id: outcome or "outcome: why"}}."""
+    root = ET.fromstring(text)
+    tests = {}
+    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    for case in root.iter("testcase"):
+        module = case.get("classname", "").replace(".", "/")
+        node = f"{module}.py::{case.get('name')}"
+        outcome, why = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            el = case.find(tag)
+            if el is not None:
+                outcome = {"failure": "failed"}.get(tag, tag)
+                why = el.get("message") or (el.text or "")
+                break
+        counts[outcome] += 1
+        tests[node] = f"{outcome}: {_one_line(why)}" if why else outcome
+    return {"counts": counts, "tests": dict(sorted(tests.items()))}
+
+
+def collect(name: str, out: Path, seconds: int) -> dict:
+    env = {}
+    for line in (out / "env.txt").read_text().splitlines() if (out / "env.txt").exists() else []:
+        k, sep, v = line.partition("=")
+        if sep and " " not in k:
+            env[k] = v
+        else:
+            env.setdefault("notes", []).append(line)
+    try:
+        pytest_doc = parse_junit((out / "pytest.xml").read_text())
+    except (OSError, ET.ParseError) as e:
+        pytest_doc = {"error": f"pytest.xml: {e}"}
+    pytest_doc["exit_code"] = _read_rc(out / "pytest.rc")
+    pytest_doc["excluded"] = read_exclusions("host" if name == "host" else "guest")
+    return {
+        "suite": name,
+        "release": env.get("release", ""),
+        "headers": env.get("build_utsrelease", ""),
+        "seconds": seconds,
+        "guest": env,
+        "check_kernel": {"exit_code": _read_rc(out / "check-kernel.rc"),
+                         "doc": _read_json(out / "check-kernel.json")},
+        "smoke_test": {"exit_code": _read_rc(out / "smoke-test.rc"),
+                       "doc": _read_json(out / "smoke-test.json")},
+        "pytest": pytest_doc,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# render
+
+
+def load_results(results: Path) -> list[dict]:
+    docs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+
+    def key(d):
+        nums = [int(x) for x in re.findall(r"\d+", d.get("release", ""))[:2]]
+        return (d.get("suite") == "host", nums)
+
+    return sorted(docs, key=key)
+
+
+def _esc(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def probe_cell(p: dict | None) -> str:
+    """One probe's smoke-test result -> up / degraded (why) / unsupported (why) / down (why)."""
+    if not p:
+        return "not run"
+    state = p.get("state", "?")
+    reason = _one_line(p.get("reason", ""), 90)
+    if state == "up":
+        names = (p.get("detail") or {}).get("reason_names", "")
+        if names.startswith("no reason field"):
+            return "degraded (no drop `reason` field: every drop counted as `unknown`)"
+        if not p.get("events"):
+            return f"degraded ({reason or 'attached but saw no events'})"
+        return "up"
+    return f"{state} ({reason})" if reason else state
+
+
+def _tests_cell(pt: dict) -> str:
+    if "counts" not in pt:
+        return f"not run ({pt.get('error', '')})"
+    c = pt["counts"]
+    parts = [f"{c[k]} {k}" for k in ("passed", "failed", "error", "skipped") if c.get(k)]
+    return ", ".join(parts) or "none"
+
+
+def render_block(docs: list[dict], minutes: str = "7") -> str:
+    head = ["kernel", *[f"`{p}`" for p in PROBES], "smoke-test", "real-kernel tests"]
+    rows = [head, ["---"] * len(head)]
+    notes = []
+    for d in docs:
+        smoke = d["smoke_test"]
+        probes = (smoke.get("doc") or {}).get("probes", {})
+        label = f"{d['release']} ({SUITE_LABEL.get(d['suite'], d['suite'])})"
+        verdict = "pass" if smoke.get("exit_code") == 0 else f"FAIL (exit {smoke.get('exit_code')})"
+        rows.append([label, *[_esc(probe_cell(probes.get(n))) for n in PROBES], verdict,
+                     _tests_cell(d["pytest"])])
+        for node, outcome in (d["pytest"].get("tests") or {}).items():
+            if outcome != "passed":
+                notes.append(f"- {d['release']}: `{node.split('::')[-1]}` {_esc(outcome)}")
+    lines = [HOW_TO_RUN.format(minutes=minutes), ""]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if notes:
+        lines += ["", "Tests not passing:", ""] + notes
+    excluded: dict[str, tuple[str, list[str]]] = {}
+    for d in docs:
+        for node, why in (d["pytest"].get("excluded") or {}).items():
+            excluded.setdefault(node, (why, []))[1].append(d["suite"])
+    if excluded:
+        lines += ["", "Left out of the runs above (the host's `make test` runs them all):", ""]
+        for node, (why, suites) in sorted(excluded.items()):
+            where = "everywhere" if len(suites) == len(docs) else "on " + ", ".join(suites)
+            lines.append(f"- `{node.split('::')[-1]}` ({where}): {_esc(why)}")
+    return "\n".join(lines)
+
+
+def total_minutes(docs: list[dict]) -> str:
+    secs = sum(d.get("seconds", 0) for d in docs)
+    return str(max(1, round(secs / 60)))
+
+
+def replace_block(readme: str, block: str) -> str:
+    m = BEGIN_RE.search(readme)
+    end = readme.find(END)
+    if not m or end < m.end():
+        raise ValueError("README has no kernel-matrix:begin/end markers")
+    return readme[:m.end()] + "\n" + block + "\n" + readme[end:]
+
+
+def current_block(readme: str) -> str:
+    m = BEGIN_RE.search(readme)
+    end = readme.find(END)
+    if not m or end < m.end():
+        raise ValueError("README has no kernel-matrix:begin/end markers")
+    return readme[m.end():end].strip("\n")
+
+
+def expected_block(results: Path) -> str:
+    docs = load_results(results)
+    return render_block(docs, total_minutes(docs))
+
+
+# ---------------------------------------------------------------------------------------------
+# verdict
+
+
+def problems(doc: dict) -> list[str]:
+    out = []
+    if doc["check_kernel"].get("exit_code") != 0:
+        out.append(f"check-kernel exit {doc['check_kernel'].get('exit_code')}")
+    if doc["smoke_test"].get("exit_code") != 0:
+        out.append(f"smoke-test exit {doc['smoke_test'].get('exit_code')}")
+    pt = doc["pytest"]
+    if pt.get("exit_code") != 0:
+        out.append(f"pytest exit {pt.get('exit_code')}")
+    if doc.get("suite") != "host" and doc.get("headers") != doc.get("release"):
+        out.append(f"BCC used headers of {doc.get('headers')!r}, not {doc.get('release')!r}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--name", required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--seconds", type=int, default=0)
+    c.add_argument("--results", type=Path, required=True)
+    r = sub.add_parser("render")
+    r.add_argument("--results", type=Path, required=True)
+    r.add_argument("--readme", type=Path, required=True)
+    r.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    v = sub.add_parser("verdict")
+    v.add_argument("--results", type=Path, required=True)
+    v.add_argument("suites", nargs="+")
+    a = ap.parse_args(argv)
+
+    if a.cmd == "collect":
+        doc = collect(a.name, a.out, a.seconds)
+        a.results.mkdir(parents=True, exist_ok=True)
+        (a.results / f"{a.name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return 0
+    if a.cmd == "render":
+        block = expected_block(a.results)
+        text = a.readme.read_text()
+        if a.check:
+            return 0 if current_block(text) == block else 1
+        a.readme.write_text(replace_block(text, block))
+        print(block)
+        return 0
+    rc = 0
+    for s in a.suites:
+        path = a.results / f"{s}.json"
+        if not path.exists():
+            print(f"{s}: no results", file=sys.stderr)
+            rc = 1
+            continue
+        bad = problems(json.loads(path.read_text()))
+        print(f"{s}: " + ("; ".join(bad) if bad else "ok"), file=sys.stderr)
+        rc |= bool(bad)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
