@@ -118,6 +118,11 @@ def scrape(text: str, prefix: str) -> dict[str, float]:
 def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
     before = host_network_state()
     name = f"eea-image-test-{os.getpid()}"
+    # a second network namespace with a process in it: the agent in the container must count
+    # it (through /host/proc/<pid>/net/snmp) next to the host's
+    netns = f"eeaimg{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "600"])
     try:
         t0 = time.monotonic()
         b = subprocess.run([str(ROOT / "scripts" / "image.sh"), "build"], env=ENV,
@@ -167,6 +172,8 @@ def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
         drops = scrape(text, "ebpf_skb_drops_total{")
         assert sum(drops.values()) > 0, drops
         assert "ebpf_tcp_retrans_rate " in text
+        nsc = scrape(text, "ebpf_network_namespaces")["ebpf_network_namespaces"]
+        assert nsc >= 2, f"the container counted {nsc} network namespace(s)"
         # the host's /proc is the one the agent reads (host processes' SNMP counters)
         probe = podman("exec", name, "/opt/ebpf-edge-agent/venv/bin/python", "-c",
                        "print(open('/host/proc/1/net/snmp').read().count('Tcp:'))", check=False)
@@ -184,6 +191,9 @@ def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
               f"RSS {rss}, peak {hwm}, stop {stop_s:.1f} s")
         assert stop_s < 10
     finally:
+        sleeper.kill()
+        sleeper.wait()
+        subprocess.run(["ip", "netns", "del", netns], check=False)
         podman("rm", "-f", name, check=False)
         after = host_network_state()
         assert after == before, "podman changed the host's firewall or forwarding settings"
