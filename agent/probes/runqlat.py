@@ -23,7 +23,7 @@ class RunqlatProbe(BccProbe):
     source = "runqlat.bpf.c"
     required = ("sched:sched_wakeup", "sched:sched_switch")
     unit = "ns"
-    contract = {"runq_latency_hist": (4, 16), "runq_enqueued_at": (4, 8), "runq_lost": (4, 8)}
+    contract = {"runq_latency_hist": (4, 16), "runq_enqueued_at": (4, 16), "runq_lost": (4, 8)}
 
     @property
     def layout(self) -> SlotLayout:
