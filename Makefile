@@ -28,10 +28,9 @@ check-kernel: dev-setup
 run: dev-setup
 	$(AGENT) run $(RUN_ARGS)
 
-# numbers, not tests: per-event kernel cost, report and scrape cost
+# numbers, not tests: one table, also written to bench/results/latest.json (about 7 minutes)
 bench: dev-setup
-	$(PY) -m bench.probe_cost
-	$(PY) -m bench.report_cost
+	$(PY) -m bench.run --json bench/results/latest.json
 
 # boots Debian's 5.10, 6.1 and 6.12 kernels in QEMU and runs the probes there (not part of make test)
 test-kernels: dev-setup

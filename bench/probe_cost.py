@@ -4,8 +4,7 @@ attached to the same tracepoint (the floor).
     .venv/bin/python -m bench.probe_cost [--seconds 10] [--json out.json]
 
 Uses BPF_ENABLE_STATS (the fd-scoped form of kernel.bpf_stats_enabled=1), released on exit.
-Load: a paced 80 Mbit/s TCP flow between two lab namespaces with 3 % random iptables drop on
-the receiver, a 5 Mbit/s tbf-limited bulk flow, and 2x-cores busy processes for part of the run.
+Load: bench/load.py (TCP flows with 3 % drop, a UDP stream to a closed port, CPU hogs).
 """
 
 from __future__ import annotations
@@ -13,15 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
 from agent.config import Config
 from agent.kernel import detect, enable_bpf_stats
 from agent.probes import PROBE_CLASSES
 from agent.probes.base import read_prog_stats
-from tests.bpf.netlab import NetLab
+from bench.load import run_lab_load
 
 EMPTY = {
     "tcp:tcp_probe": "TRACEPOINT_PROBE(tcp, tcp_probe) { return 0; }",
@@ -54,22 +50,7 @@ def run(seconds: float) -> dict:
     if stats_fd is None:
         raise SystemExit("BPF_ENABLE_STATS refused: need root and kernel >= 5.8")
     try:
-        with NetLab() as lab:
-            lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "200mbit",
-                      "burst", "64kbit", "latency", "50ms")
-            lab.b.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "5201", "-m",
-                      "statistic", "--mode", "random", "--probability", "0.03", "-j", "DROP")
-            lab.spawn(lab.b, "sink", "::", "5201", str(seconds + 10))
-            time.sleep(0.5)
-            lab.spawn(lab.a, "send", lab.b.ip4, "5201", str(seconds), "80e6")
-            lab.spawn(lab.a, "send", lab.b.ip6, "5201", str(seconds))
-            code = f"import time\nend=time.monotonic()+{seconds / 2}\nwhile time.monotonic()<end: pass\n"
-            time.sleep(seconds / 4)
-            hogs = [subprocess.Popen([sys.executable, "-c", code])
-                    for _ in range(2 * (os.cpu_count() or 1))]
-            for h in hogs:
-                h.wait()
-            time.sleep(seconds / 4 + 0.5)
+        run_lab_load(seconds)
         floor = {}
         for fname, fn in empty.funcs.items():
             st = read_prog_stats(fn.fd)

@@ -1,0 +1,167 @@
+"""Where a probe's per-event time goes: variants of each program, all attached to the same
+tracepoints at once and measured on the same events (BPF_ENABLE_STATS, released on exit).
+
+    .venv/bin/python -m bench.where_time_goes [--seconds 10] [--ref REV] [--json out.json]
+
+For each tracepoint: an empty program attached first and one attached last (the floor, and how
+much the attach position matters), the probe's program as committed at --ref (default: the
+commit before the probe rework) and as in the working tree, and steps in between (the filter
+alone, the key built, a per-CPU array increment, a shared hash, a per-CPU hash, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+
+from agent.config import Config
+from agent.kernel import detect, enable_bpf_stats
+from agent.probes import PROBE_CLASSES
+from agent.probes.base import read_prog_stats
+from bench.load import run_lab_load
+
+REF = "444fe1f"  # before the per-CPU / array rework of the probes
+
+PRELUDE = '#include "common.h"\nenum skb_drop_reason { EBPF_EDGE_BENCH_PLACEHOLDER };\n'
+
+EMPTY = "TRACEPOINT_PROBE({sys}, {ev}) {{ return 0; }}"
+
+# tcp:tcp_probe steps, cheapest first
+RTT_KEY = r"""
+struct k20 { u8 addr[16]; u32 slot; };
+#define BUILD(key) \
+    if (args->snd_nxt == args->snd_una) return 0; \
+    u16 family = *(u16 *)&args->saddr[0]; \
+    if (family == AF_INET) addr_from_v4((key).addr, &args->saddr[4]); \
+    else if (family == AF_INET6) __builtin_memcpy((key).addr, &args->saddr[8], 16); \
+    else return 0; \
+    (key).slot = hist_slot(args->srtt);
+"""
+VARIANTS = {
+    "tcp:tcp_probe": {
+        "filter only": "BPF_PERCPU_ARRAY(c, u64, 1);\nTRACEPOINT_PROBE(tcp, tcp_probe) {"
+                       " if (args->snd_nxt == args->snd_una) return 0;"
+                       " int z = 0; u64 *v = c.lookup(&z); if (v) (*v)++; return 0; }",
+        "key + slot, per-CPU array count": RTT_KEY + "BPF_PERCPU_ARRAY(c, u64, 1);\n"
+            "TRACEPOINT_PROBE(tcp, tcp_probe) { struct k20 key = {}; BUILD(key)"
+            " int z = 0; u64 *v = c.lookup(&z); if (v) *v += key.slot; return 0; }",
+        "key + slot, shared hash, atomics": RTT_KEY + "BPF_HASH(h, struct k20, struct hist_value, 65536);\n"
+            "TRACEPOINT_PROBE(tcp, tcp_probe) { struct k20 key = {}; BUILD(key)"
+            " struct hist_value zero = {}; struct hist_value *v = h.lookup_or_try_init(&key, &zero);"
+            " if (v) { __sync_fetch_and_add(&v->count, 1); __sync_fetch_and_add(&v->sum, args->srtt); }"
+            " return 0; }",
+        "key + slot, per-CPU hash": RTT_KEY + "BPF_PERCPU_HASH(h, struct k20, struct hist_value, 65536);\n"
+            "TRACEPOINT_PROBE(tcp, tcp_probe) { struct k20 key = {}; BUILD(key)"
+            " struct hist_value zero = {}; struct hist_value *v = h.lookup_or_try_init(&key, &zero);"
+            " if (v) { v->count++; v->sum += args->srtt; } return 0; }",
+    },
+    "sched:sched_switch": {
+        "per-CPU array count": "BPF_PERCPU_ARRAY(c, u64, 1);\nTRACEPOINT_PROBE(sched, sched_switch) {"
+            " int z = 0; u64 *v = c.lookup(&z); if (v) (*v)++; return 0; }",
+        "ktime + per-CPU array count": "BPF_PERCPU_ARRAY(c, u64, 1);\nTRACEPOINT_PROBE(sched, sched_switch) {"
+            " int z = 0; u64 *v = c.lookup(&z); if (v) *v += bpf_ktime_get_ns(); return 0; }",
+    },
+    "sched:sched_wakeup": {
+        "hash update": "BPF_HASH(h, u32, u64, 65536);\nTRACEPOINT_PROBE(sched, sched_wakeup) {"
+            " u32 pid = args->pid; u64 ts = bpf_ktime_get_ns(); h.update(&pid, &ts); return 0; }",
+    },
+    "skb:kfree_skb": {},
+    "tcp:tcp_retransmit_skb": {
+        "per-CPU array count": "BPF_PERCPU_ARRAY(c, u64, 1);\nTRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {"
+            " int z = 0; u64 *v = c.lookup(&z); if (v) (*v)++; return 0; }",
+    },
+}
+
+PROBE_OF = {"tcp:tcp_probe": "tcp_rtt", "tcp:tcp_retransmit_skb": "tcp_retrans",
+            "skb:kfree_skb": "skb_drop", "sched:sched_switch": "runqlat", "sched:sched_wakeup": "runqlat"}
+
+
+def _tp(fname: str) -> str:
+    _, system, event = fname.split("__", 2)
+    return f"{system}:{event}"
+
+
+def run(seconds: float, ref: str) -> dict:
+    from bcc import BPF
+
+    config = Config()
+    kernel = detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root)
+    probes = {name: cls(config, kernel) for name, cls in PROBE_CLASSES.items()}
+    loaded: list[tuple[str, str, object]] = []  # (tracepoint, variant, BPF)
+
+    def load(tp: str, variant: str, text: str, cflags: list[str]) -> None:
+        loaded.append((tp, variant, BPF(text=text, cflags=cflags)))
+
+    def src(rev: str | None, fname: str) -> str:
+        if rev is None:
+            return (config.bpf_dir / fname).read_text()
+        return subprocess.run(["git", "show", f"{rev}:bpf/{fname}"], check=True, capture_output=True,
+                              text=True, cwd=config.bpf_dir.parent).stdout
+
+    try:
+        for tp in VARIANTS:  # empties attached first
+            sys_, ev = tp.split(":")
+            load(tp, "empty (attached first)", PRELUDE.split("\n")[1] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
+        for tp, variants in VARIANTS.items():
+            probe = probes[PROBE_OF[tp]]
+            flags = probe.cflags()
+            for name, text in variants.items():
+                load(tp, name, PRELUDE + text, flags)
+        for name, probe in probes.items():
+            for label, rev in ((f"probe @ {ref}", ref), ("probe (working tree)", None)):
+                b = BPF(text=src(rev, probe.source), cflags=probe.cflags())
+                for fname in b.funcs:
+                    loaded.append((_tp(fname.decode()), label, b))
+        for tp in VARIANTS:
+            sys_, ev = tp.split(":")
+            load(tp, "empty (attached last)", PRELUDE.split("\n")[1] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
+        fd = enable_bpf_stats()
+        if fd is None:
+            raise SystemExit("BPF_ENABLE_STATS refused: need root and kernel >= 5.8")
+        import os
+        try:
+            run_lab_load(seconds)
+        finally:
+            os.close(fd)
+        rows = []
+        for tp, variant, b in loaded:
+            fn = b.funcs[f"tracepoint__{tp.replace(':', '__')}".encode()]
+            ns, cnt = read_prog_stats(fn.fd) or (0, 0)
+            rows.append({"tracepoint": tp, "variant": variant, "events": cnt,
+                         "ns_per_event": round(ns / cnt, 1) if cnt else None})
+        floor = {r["tracepoint"]: r["ns_per_event"] for r in rows if r["variant"] == "empty (attached last)"}
+        for r in rows:
+            f = floor.get(r["tracepoint"])
+            r["ratio_to_empty_last"] = round(r["ns_per_event"] / f, 2) if f and r["ns_per_event"] else None
+        order = list(VARIANTS)
+        rows.sort(key=lambda r: (order.index(r["tracepoint"]) if r["tracepoint"] in order else 99,
+                                 r["ns_per_event"] or 0))
+        return {"kernel": kernel.release, "seconds": seconds, "ref": ref, "rows": rows}
+    finally:
+        seen = set()
+        for _, _, b in loaded:
+            if id(b) not in seen:
+                seen.add(id(b))
+                b.cleanup()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--ref", default=REF)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    res = run(args.seconds, args.ref)
+    print(f"kernel {res['kernel']}, {res['seconds']:g}s of lab load, every variant on the same events")
+    print(f"{'tracepoint':<24} {'variant':<36} {'events':>8} {'ns/event':>9} {'x empty':>8}")
+    for r in res["rows"]:
+        print(f"{r['tracepoint']:<24} {r['variant']:<36} {r['events']:>8} {r['ns_per_event'] or '-':>9} "
+              f"{r['ratio_to_empty_last'] or '-':>8}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
