@@ -29,7 +29,8 @@ run: dev-setup
 	$(AGENT) run $(RUN_ARGS)
 
 # numbers, not tests: one table, also written to bench/results/latest.json (about 7 minutes)
-bench: dev-setup
+bench:
+	@DEV_SETUP_BENCH=1 ./scripts/dev-setup.sh
 	$(PY) -m bench.run --json bench/results/latest.json
 
 # boots Debian's 5.10, 6.1 and 6.12 kernels in QEMU and runs the probes there (not part of make test)

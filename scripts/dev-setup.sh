@@ -23,9 +23,11 @@ command -v apt-get >/dev/null 2>&1 || die "apt-get not found: only Debian and Ub
 ARCH=$(dpkg --print-architecture)
 # python3-bpfcc: BCC from the distribution. The PyPI package called "bcc" is unrelated: never use it.
 # iproute2 (ip, ss, tc, nstat) and iptables are the test lab's tools and witnesses;
-# prometheus (server + promtool) is the real scraper the end-to-end tests use;
-# iperf3 and bpftrace are make bench's workload and per-event-output tracer.
-PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus iperf3 bpftrace"
+# prometheus (server + promtool) is the real scraper the end-to-end tests use.
+PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus"
+# make bench only (DEV_SETUP_BENCH=1): iperf3 (workload) and bpftrace (the per-event tracer it
+# is compared with); kept out of the test provisioning, bpftrace pulls in libclang.
+[ "${DEV_SETUP_BENCH:-0}" = 1 ] && PKGS="$PKGS iperf3 bpftrace"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
