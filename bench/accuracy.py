@@ -126,8 +126,7 @@ def run(seconds: float) -> list[dict]:
             import ipaddress
             lab_addrs = {ipaddress.IPv6Address("::ffff:" + lab.a.ip4).packed,
                          ipaddress.IPv6Address(lab.a.ip6).packed}
-            lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "50mbit",
-                      "burst", "64kbit", "latency", "20ms")
+            lab.a.limit_rate("50mbit", "64kbit", "20ms")
             lab.spawn(lab.b, "sink", "::", "5201", str(seconds + 10))
             time.sleep(0.3)
             lab.spawn(lab.a, "send", lab.b.ip4, "5201", str(seconds), "20e6")

@@ -39,8 +39,7 @@ while True:
 
 def run_lab_load(seconds: float, udp_pps: int = UDP_PPS) -> None:
     with NetLab() as lab:
-        lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "200mbit",
-                  "burst", "64kbit", "latency", "50ms")
+        lab.a.limit_rate("200mbit", "64kbit", "50ms")
         lab.b.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", "5201", "-m",
                   "statistic", "--mode", "random", "--probability", "0.03", "-j", "DROP")
         lab.spawn(lab.b, "sink", "::", "5201", str(seconds + 10))

@@ -43,7 +43,7 @@ def run(seconds: float) -> dict:
     probes = [cls(config, kernel) for cls in PROBE_CLASSES.values()]
     for p in probes:
         p.start()
-    empty_src = "enum skb_drop_reason { EBPF_EDGE_BENCH_PLACEHOLDER };\n" + "\n".join(v for k, v in EMPTY.items() if kernel.tracepoint(k) is not None
+    empty_src = "enum skb_drop_reason { EBPF_EDGE_BENCH_SIZE_ONLY };\n" + "\n".join(v for k, v in EMPTY.items() if kernel.tracepoint(k) is not None
                           and k.startswith(("tcp", "skb", "sched")))
     empty = BPF(text=empty_src)
     stats_fd = enable_bpf_stats()

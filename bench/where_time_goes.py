@@ -23,7 +23,7 @@ from bench.load import run_lab_load
 
 REF = "444fe1f"  # before the per-CPU / array rework of the probes
 
-PRELUDE = '#include "common.h"\nenum skb_drop_reason { EBPF_EDGE_BENCH_PLACEHOLDER };\n'
+PRELUDE = '#include "common.h"\nenum skb_drop_reason { EBPF_EDGE_BENCH_SIZE_ONLY };\n'
 
 EMPTY = "TRACEPOINT_PROBE({sys}, {ev}) {{ return 0; }}"
 

@@ -13,7 +13,7 @@
 #ifdef HAVE_REASON
 /* The tracepoint struct BCC generates names this enum; only its size (an int) matters here,
  * so it is declared rather than taken from headers of a possibly different kernel. */
-enum skb_drop_reason { SKB_DROP_REASON_EBPF_EDGE_PLACEHOLDER };
+enum skb_drop_reason { SKB_DROP_REASON_EBPF_EDGE_SIZE_ONLY };
 #endif
 
 #define DROP_SLOT_OUT_OF_RANGE (DROP_SLOTS - 2)

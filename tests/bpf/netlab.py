@@ -53,6 +53,18 @@ class Host:
     def python(self, *args: str, **kw) -> subprocess.Popen:
         return self.popen(sys.executable, str(TRAFFIC), *args, **kw)
 
+    def limit_rate(self, rate: str, burst: str = "32kbit", latency: str = "400ms") -> None:
+        """A tbf on this host's veth egress: a bandwidth limit with a queue (-> queueing delay)."""
+        self.run("tc", "qdisc", "add", "dev", self.dev, "root", "tbf", "rate", rate,
+                 "burst", burst, "latency", latency)
+
+    def drop_randomly(self, dport: int, probability: float, comment: str = "eea-drop") -> None:
+        """Drop this share of incoming TCP segments to ``dport`` (iptables statistic match);
+        the rule's packet counter (see iptables_counter) is the witness."""
+        self.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(dport), "-m",
+                 "statistic", "--mode", "random", "--probability", str(probability),
+                 "-m", "comment", "--comment", comment, "-j", "DROP")
+
     def nstat(self) -> dict[str, int]:
         """The namespace's absolute SNMP counters (nstat -a: not reset, no history file)."""
         out = self.run("nstat", "-az", "--json").stdout

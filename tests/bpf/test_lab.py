@@ -57,9 +57,7 @@ def test_random_drop_shows_as_netfilter_drops_and_retransmits(config, kernel, la
         base = ps.read_windows()
         base_retrans = base["tcp_retrans"].counts.get(lab.a.ip4, 0)
 
-        lab.b.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-m",
-                  "statistic", "--mode", "random", "--probability", "0.03", "-m", "comment",
-                  "--comment", "eea-drop", "-j", "DROP")
+        lab.b.drop_randomly(PORT, 0.03, "eea-drop")
         ps.read_windows()
         snmp1 = lab.a.nstat()
         sender = lab.spawn(lab.a, "send", lab.b.ip4, str(PORT), "5", "80e6")
@@ -89,8 +87,7 @@ def test_random_drop_shows_as_netfilter_drops_and_retransmits(config, kernel, la
 
 def test_tbf_srtt_p50_matches_ss(config, kernel, lab):
     require_tracepoint(kernel, "tcp:tcp_probe")
-    lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "5mbit",
-              "burst", "32kbit", "latency", "400ms")
+    lab.a.limit_rate("5mbit")
     ps = start(config, kernel, "tcp_rtt")
     try:
         sink = lab.spawn(lab.b, "sink", lab.b.ip4, str(PORT), "30")

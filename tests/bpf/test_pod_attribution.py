@@ -45,8 +45,7 @@ def test_each_pod_matches_its_own_witness(config, kernel, lab):
     lab.a.run("tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "u32",
               "match", "ip", "dport", str(PORT_B), "0xffff", "flowid", "1:10")
     # pod b's data to a is randomly dropped on a's input (-> b retransmits)
-    lab.a.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT_A), "-m",
-              "statistic", "--mode", "random", "--probability", "0.03", "-j", "DROP")
+    lab.a.drop_randomly(PORT_A, 0.03)
     pods = [
         PodSample("uid-a", "lab", "pod-a", "team-a", addresses=(lab.a.ip4,)),
         PodSample("uid-b", "lab", "pod-b", "team-b", addresses=(lab.b.ip4,)),

@@ -33,10 +33,8 @@ def prom():
 
     ext = ExtenderStub()
     with NetLab() as lab:
-        lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "5mbit",
-                  "burst", "32kbit", "latency", "400ms")
-        lab.b.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-m",
-                  "statistic", "--mode", "random", "--probability", "0.08", "-j", "DROP")
+        lab.a.limit_rate("5mbit")
+        lab.b.drop_randomly(PORT, 0.08)
         lab.spawn(lab.b, "sink", lab.b.ip4, str(PORT), "90")
         time.sleep(0.5)
         lab.spawn(lab.a, "send", lab.b.ip4, str(PORT), "80")

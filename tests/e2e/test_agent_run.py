@@ -37,10 +37,8 @@ def test_prometheus_scrapes_and_extender_gets_the_same_numbers():
 
     ext = ExtenderStub()
     with NetLab() as lab:
-        lab.a.run("tc", "qdisc", "add", "dev", lab.a.dev, "root", "tbf", "rate", "5mbit",
-                  "burst", "32kbit", "latency", "400ms")
-        lab.b.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-m",
-                  "statistic", "--mode", "random", "--probability", "0.03", "-j", "DROP")
+        lab.a.limit_rate("5mbit")
+        lab.b.drop_randomly(PORT, 0.03)
         lab.spawn(lab.b, "sink", lab.b.ip4, str(PORT), "60")
         time.sleep(0.5)
         lab.spawn(lab.a, "send", lab.b.ip4, str(PORT), "50")
