@@ -141,6 +141,19 @@ def _check_positive(key: str, v: Any, lo: float, hi: float, unit: str = "seconds
         raise ConfigError(key, v, f"a number of {unit} within {lo:g}..{hi:g}")
 
 
+def _check_url(key: str, value: str, empty_means: str) -> None:
+    """An http(s) URL with a host and a valid port, or empty."""
+    if not value:
+        return
+    u = urlparse(value)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(key, value, f"an http:// or https:// URL with a host, or {empty_means}")
+    try:
+        u.port
+    except ValueError:
+        raise ConfigError(key, value, "a URL with a valid port") from None
+
+
 def validate(c: Config) -> None:
     # listen
     host, sep, port = c.listen.rpartition(":")
@@ -154,26 +167,14 @@ def validate(c: Config) -> None:
                           f"less than push_interval ({c.push_interval:g}s)")
     if c.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", c.log_level, "one of debug, info, warning, error")
-    if c.extender_url:
-        u = urlparse(c.extender_url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ConfigError("extender_url", c.extender_url,
-                              "an http:// or https:// URL with a host, or empty to turn push off")
-        try:
-            u.port
-        except ValueError:
-            raise ConfigError("extender_url", c.extender_url, "a URL with a valid port") from None
+    _check_url("extender_url", c.extender_url, "empty to turn push off")
     for key in ("extender_token_file", "extender_ca_file"):
         p = getattr(c, key)
         if p and not Path(p).is_file():
             raise ConfigError(key, p, "an existing readable file, or empty")
     if c.kubernetes not in ("auto", "on", "off"):
         raise ConfigError("kubernetes", c.kubernetes, "one of auto, on, off")
-    if c.kubernetes_api_url:
-        u = urlparse(c.kubernetes_api_url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ConfigError("kubernetes_api_url", c.kubernetes_api_url,
-                              "an http:// or https:// URL, or empty for in-cluster")
+    _check_url("kubernetes_api_url", c.kubernetes_api_url, "empty for in-cluster")
     if c.advertise_capacity and c.kubernetes == "off":
         raise ConfigError("advertise_capacity", True, "false when kubernetes is off (it patches the Node)")
     if not re.fullmatch(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?",

@@ -16,6 +16,8 @@ import platform
 import re
 import struct
 from dataclasses import dataclass, field
+
+from agent.cgroups.parse import parse_cgroup2_mounts
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -323,15 +325,6 @@ def detect_headers(modules_root: Path, release: str) -> HeaderInfo:
     kind = "matching" if uts == release else "foreign"
     return HeaderInfo(kind, str(build), uts)
 
-
-def parse_cgroup2_mounts(mounts_text: str) -> list[str]:
-    """Mount points of cgroup2 filesystems in a /proc/self/mounts text."""
-    out = []
-    for line in mounts_text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] == "cgroup2":
-            out.append(parts[1])
-    return out
 
 
 _BPF_PROG_LOAD = 5

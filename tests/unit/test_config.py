@@ -34,6 +34,8 @@ BAD_FILES = [
     ("bad url scheme", "extender_url: ftp://x/\n", "extender_url", "ftp://x/"),
     ("url without host", "extender_url: 'http://'\n", "extender_url", "http://"),
     ("bad url port", "extender_url: 'http://x:99999/'\n", "extender_url", "valid port"),
+    ("api url bad port", "kubernetes_api_url: 'https://api:0x1/'\n", "kubernetes_api_url", "valid port"),
+    ("api url scheme", "kubernetes_api_url: 'api.local'\n", "kubernetes_api_url", "api.local"),
     ("listen without port", "listen: 0.0.0.0\n", "listen", "HOST:PORT"),
     ("listen port range", "listen: '0.0.0.0:70000'\n", "listen", "70000"),
     ("unknown probe", "probes: [tcp_rtt, tcp_ack]\n", "probes", "tcp_ack"),

@@ -154,11 +154,13 @@ def test_real_vmlinux_btf_has_drop_reasons():
     assert e is not None and e.get("SKB_NOT_DROPPED_YET") == 0
 
 
-def test_cgroup2_mounts_hybrid_and_pure():
-    hybrid = ("tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
-              "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
-    assert K.parse_cgroup2_mounts(hybrid) == ["/sys/fs/cgroup/unified"]
-    assert K.parse_cgroup2_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n") == ["/sys/fs/cgroup"]
+def test_detect_reports_cgroup2_mounts_from_proc(tmp_path):
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "mounts").write_text(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    k = K.detect([tmp_path / "nope"], tmp_path / "btf", tmp_path, tmp_path, check_permission=False)
+    assert k.cgroup2_mounts == ("/sys/fs/cgroup/unified",)
 
 
 def test_detect_headers_matching_foreign_none(tmp_path):
