@@ -106,6 +106,7 @@ class Config:
     # probes
     probes: tuple[str, ...] = PROBE_NAMES
     max_addresses: int = 4096
+    fast_addresses: int = 512
     max_tasks: int = 65536
     hist_sub_bits: int = 5
     # roots
@@ -195,6 +196,9 @@ def validate(c: Config) -> None:
             raise ConfigError(key, v, f"an integer within 1..{1 << 22}")
     if isinstance(c.hist_sub_bits, bool) or c.hist_sub_bits not in range(3, 8):
         raise ConfigError("hist_sub_bits", c.hist_sub_bits, "an integer within 3..7")
+    v = c.fast_addresses
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+        raise ConfigError("fast_addresses", v, "an integer within 1..4096")
     _validate_score(c.score)
 
 

@@ -18,7 +18,7 @@ import subprocess
 from agent.config import Config
 from agent.kernel import detect, enable_bpf_stats
 from agent.probes import PROBE_CLASSES
-from agent.probes.base import read_prog_stats
+from agent.probes.base import inline_includes, load_source, read_prog_stats
 from bench.load import run_lab_load
 
 REF = "444fe1f"  # before the per-CPU / array rework of the probes
@@ -95,9 +95,12 @@ def run(seconds: float, ref: str) -> dict:
 
     def src(rev: str | None, fname: str) -> str:
         if rev is None:
-            return (config.bpf_dir / fname).read_text()
-        return subprocess.run(["git", "show", f"{rev}:bpf/{fname}"], check=True, capture_output=True,
-                              text=True, cwd=config.bpf_dir.parent).stdout
+            return load_source(config.bpf_dir / fname)
+
+        def show(name: str) -> str:
+            return subprocess.run(["git", "show", f"{rev}:bpf/{name}"], check=True, capture_output=True,
+                                  text=True, cwd=config.bpf_dir.parent).stdout
+        return inline_includes(show(fname), fname, show)
 
     try:
         for tp in VARIANTS:  # empties attached first

@@ -9,17 +9,22 @@
  * sockaddr_in6 whose first two bytes are the address family (true on every kernel, including
  * those whose tracepoint has no separate "family" field).
  *
- * Map rtt_hist: key {local address (16 bytes), slot} -> {count, sum of srtt in us}.
- * Bounded by RTT_MAX_ENTRIES; an event that finds it full is counted in rtt_lost.
+ * Histograms per local address, {count, sum of srtt in us} per slot:
+ *   rtt_rows  array, row * HIST_SLOTS + slot, for addresses that have a row (addr_rows.bpf.h);
+ *             mmap-able, so user space reads the rows in use without a syscall per slot
+ *   rtt_hist  hash {address, slot} for addresses that found no row; bounded by
+ *             RTT_MAX_ENTRIES, an event that finds it full is counted in rtt_lost
  */
 #include <linux/in6.h>
 #include "common.h"
+#include "addr_rows.bpf.h"
 
 struct rtt_key {
     u8 addr[16];
     u32 slot;
 };
 
+BPF_F_TABLE("array", int, struct hist_value, rtt_rows, ADDR_ROWS * HIST_SLOTS, BPF_F_MMAPABLE);
 BPF_HASH(rtt_hist, struct rtt_key, struct hist_value, RTT_MAX_ENTRIES);
 BPF_PERCPU_ARRAY(rtt_lost, u64, 1);
 
@@ -33,26 +38,35 @@ static __always_inline void count_lost(void)
 
 TRACEPOINT_PROBE(tcp, tcp_probe)
 {
-    struct rtt_key key = {};
     if (args->snd_nxt == args->snd_una)
         return 0;
+    union addr16 a = {};
     u16 family = *(u16 *)&args->saddr[0];
 
     if (family == AF_INET) {
         /* struct sockaddr_in: family(2) port(2) addr(4) */
-        addr_from_v4(key.addr, &args->saddr[4]);
+        addr_from_v4(a.k.addr, &args->saddr[4]);
     } else if (family == AF_INET6) {
         /* struct sockaddr_in6: family(2) port(2) flowinfo(4) addr(16) */
-        __builtin_memcpy(key.addr, &args->saddr[8], 16);
+        __builtin_memcpy(a.k.addr, &args->saddr[8], 16);
     } else {
         return 0;
     }
 
     u64 srtt_us = args->srtt;
-    key.slot = hist_slot(srtt_us);
-
-    struct hist_value zero = {};
-    struct hist_value *v = rtt_hist.lookup_or_try_init(&key, &zero);
+    u32 slot = hist_slot(srtt_us);
+    struct hist_value *v;
+    u32 row = addr_row(&a);
+    if (row != ADDR_SPILL) {
+        int idx = row * HIST_SLOTS + slot;
+        v = rtt_rows.lookup(&idx);
+    } else {
+        struct rtt_key key = {};
+        __builtin_memcpy(key.addr, a.k.addr, 16);
+        key.slot = slot;
+        struct hist_value zero = {};
+        v = rtt_hist.lookup_or_try_init(&key, &zero);
+    }
     if (!v) {
         count_lost();
         return 0;

@@ -10,11 +10,15 @@ import contextlib
 import ctypes
 import ipaddress
 import logging
+import mmap
 import os
+import re
 import tempfile
 import threading
 import time
-from typing import ClassVar, Iterator, Mapping, Protocol
+from array import array
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Mapping, Protocol
 
 from agent.config import Config
 from agent.kernel import KernelInfo
@@ -66,6 +70,35 @@ def _first_errors(text: str, limit: int = 3) -> str:
     return " | ".join(lines[:limit])
 
 
+_INLINED_INCLUDE = re.compile(r'^#include "([\w.-]+\.bpf\.h)"[ \t]*$', re.M)
+
+
+def inline_includes(text: str, name: str, read: Callable[[str], str]) -> str:
+    """C text with each ``#include "x.bpf.h"`` replaced by ``read("x.bpf.h")`` (one level).
+
+    BCC rewrites map calls (``m.lookup(&k)``) only in the main file, so headers whose helpers
+    call maps are pasted in; ``#line`` keeps compiler messages pointing at the right file."""
+    out, pos = [], 0
+    for m in _INLINED_INCLUDE.finditer(text):
+        line_after = text.count("\n", 0, m.end()) + 2
+        header = read(m.group(1))
+        out += [text[pos:m.start()], f'#line 1 "{m.group(1)}"\n', header,
+                "" if header.endswith("\n") else "\n", f'#line {line_after} "{name}"']
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def load_source(path: Path) -> str:
+    """A probe's C file as BCC gets it: with its ``*.bpf.h`` includes pasted in."""
+    def read(header: str) -> str:
+        try:
+            return (path.parent / header).read_text()
+        except OSError as e:
+            raise ProbeError(f"{path.name}: cannot read included {header}: {e}") from e
+    return inline_includes(path.read_text(), path.name, read)
+
+
 def render_addr(raw: bytes) -> str:
     """16 address bytes from the kernel -> text; IPv4-mapped addresses render as IPv4."""
     a = ipaddress.IPv6Address(bytes(raw))
@@ -96,6 +129,7 @@ class BccProbe:
         self.config = config
         self.kernel = kernel
         self._bpf = None
+        self._mapped: dict[str, MappedU64Array] = {}
         self.detail: dict[str, str] = {}
 
     # -- to be extended by probes -------------------------------------------------------
@@ -142,7 +176,7 @@ class BccProbe:
         bpf = None
         with _captured_stderr() as captured:
             try:
-                bpf = BPF(src_file=str(src).encode(), cflags=self.cflags())
+                bpf = BPF(text=load_source(src).encode(), cflags=self.cflags())
             except Exception as e:  # BCC raises bare Exception for compile and attach errors
                 err = e
             else:
@@ -191,6 +225,9 @@ class BccProbe:
         return self.snapshot(self._bpf)
 
     def close(self) -> None:
+        mapped, self._mapped = self._mapped, {}
+        for m in mapped.values():
+            m.close()
         bpf, self._bpf = self._bpf, None
         if bpf is not None:
             bpf.cleanup()
@@ -218,10 +255,53 @@ class BccProbe:
             return sum(int(v) if not hasattr(v, "value") else int(v.value) for v in values)
         return sum(int(getattr(v, field)) for v in values)
 
+    def mapped(self, bpf, mapname: str) -> MappedU64Array:
+        """An mmap-able array map of the loaded program, mapped once and unmapped on close."""
+        m = self._mapped.get(mapname)
+        if m is None:
+            m = self._mapped[mapname] = MappedU64Array(bpf[mapname.encode()])
+        return m
+
     @staticmethod
     def lost(bpf, mapname: str) -> int:
         table = bpf[mapname.encode()]
         return sum(int(v) for v in table[ctypes.c_int(0)])
+
+
+ADDR_SPILL = 0xFFFFFFFF  # addr_row_of value of an address counted in the probe's hash instead
+
+
+def address_rows(bpf) -> dict[int, str]:
+    """row -> local address, for the addresses that got a row (bpf/addr_rows.bpf.h)."""
+    return {int(v.value): render_addr(bytes(k.addr)) for k, v in bpf[b"addr_row_of"].items()
+            if int(v.value) != ADDR_SPILL}
+
+
+class MappedU64Array:
+    """A BPF array map created with BPF_F_MMAPABLE, read straight from shared memory as u64s.
+
+    Reading a row costs one memory copy instead of one bpf() syscall per element."""
+
+    def __init__(self, table) -> None:
+        entries, size = int(table.max_entries), ctypes.sizeof(table.Leaf)
+        if size % 8:
+            raise ProbeError(f"mmap-ed map leaf size {size} is not a multiple of 8")
+        self.words_per_entry = size // 8
+        length = entries * size
+        try:
+            self._mm = mmap.mmap(table.map_fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        except (OSError, ValueError) as e:
+            raise ProbeError(f"cannot mmap BPF array ({entries} x {size} B): {e}") from e
+
+    def words(self, first_entry: int, entries: int) -> array:
+        """u64 words of ``entries`` consecutive entries starting at ``first_entry``."""
+        step = self.words_per_entry * 8
+        out = array("Q")
+        out.frombytes(self._mm[first_entry * step:(first_entry + entries) * step])
+        return out
+
+    def close(self) -> None:
+        self._mm.close()
 
 
 def hist_from_slots(layout: SlotLayout, slots: Mapping[int, tuple[int, int]]) -> Histogram:

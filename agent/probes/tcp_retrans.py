@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from agent.model import ProbeSnapshot
-from agent.probes.base import BccProbe, ProbeUnsupported, render_addr
+from agent.probes.base import (BccProbe, ProbeUnsupported, address_rows,
+                               render_addr)
 
 
 class TcpRetransProbe(BccProbe):
@@ -13,7 +14,8 @@ class TcpRetransProbe(BccProbe):
     source = "tcp_retrans.bpf.c"
     required = ("tcp:tcp_retransmit_skb",)
     unit = ""
-    contract = {"retrans_by_addr": (16, 8), "retrans_lost": (4, 8)}
+    contract = {"retrans_rows": (4, 8), "addr_row_of": (16, 4), "addr_row_owner": (4, 16),
+                "addr_cache": (4, 24), "retrans_by_addr": (16, 8), "retrans_lost": (4, 8)}
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -23,13 +25,20 @@ class TcpRetransProbe(BccProbe):
 
     def defines(self) -> dict:
         return {"RETRANS_MAX_ENTRIES": self.config.max_addresses,
+                "ADDR_ROWS": self.config.fast_addresses,
+                "ADDR_SPILL_ADDRS": self.config.max_addresses,
                 "HIST_SUB_BITS": 5, "HIST_MAX_SHIFT": 0}
 
     def expected_entries(self):
-        return {"retrans_by_addr": self.config.max_addresses}
+        rows = self.config.fast_addresses
+        return {"retrans_rows": rows, "addr_row_of": rows + self.config.max_addresses,
+                "addr_row_owner": rows, "retrans_by_addr": self.config.max_addresses}
 
     def snapshot(self, bpf) -> ProbeSnapshot:
+        rows = self.mapped(bpf, "retrans_rows")
         counts: dict[str, int] = {}
+        for row, addr in address_rows(bpf).items():
+            counts[addr] = counts.get(addr, 0) + rows.words(row, 1)[0]
         for k, v in bpf[b"retrans_by_addr"].items():
             addr = render_addr(bytes(k.addr))
             counts[addr] = counts.get(addr, 0) + int(v.value)

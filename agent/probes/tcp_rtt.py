@@ -6,7 +6,8 @@ import time
 from collections import defaultdict
 
 from agent.model import ProbeSnapshot
-from agent.probes.base import BccProbe, ProbeUnsupported, hist_from_slots, render_addr
+from agent.probes.base import (BccProbe, ProbeUnsupported, address_rows,
+                               hist_from_slots, render_addr)
 from agent.stats.histogram import SlotLayout
 
 # srtt values up to 2**27 us (134 s, above TCP's 120 s RTO ceiling) get their own slot
@@ -18,7 +19,8 @@ class TcpRttProbe(BccProbe):
     source = "tcp_rtt.bpf.c"
     required = ("tcp:tcp_probe",)
     unit = "us"
-    contract = {"rtt_hist": (20, 16), "rtt_lost": (4, 8)}
+    contract = {"rtt_rows": (4, 16), "addr_row_of": (16, 4), "addr_row_owner": (4, 16),
+                "addr_cache": (4, 24), "rtt_hist": (20, 16), "rtt_lost": (4, 8)}
 
     @property
     def layout(self) -> SlotLayout:
@@ -39,21 +41,34 @@ class TcpRttProbe(BccProbe):
             "HIST_SUB_BITS": self.layout.sub_bits,
             "HIST_MAX_SHIFT": self.layout.max_shift,
             "RTT_MAX_ENTRIES": self.max_entries,
+            "ADDR_ROWS": self.config.fast_addresses,
+            "ADDR_SPILL_ADDRS": self.config.max_addresses,
         }
 
     @property
     def max_entries(self) -> int:
-        # each address uses a few dozen slots at most in practice; 64 per address is generous
+        # spilled addresses (no free row): a few dozen slots each in practice; 64 is generous
         return self.config.max_addresses * 64
 
     def expected_entries(self):
-        return {"rtt_hist": self.max_entries}
+        rows = self.config.fast_addresses
+        return {"rtt_rows": rows * self.layout.slots, "addr_row_of": rows + self.config.max_addresses,
+                "addr_row_owner": rows, "rtt_hist": self.max_entries}
 
     def snapshot(self, bpf) -> ProbeSnapshot:
-        per_addr: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
-        for k, v in bpf[b"rtt_hist"].items():
-            per_addr[render_addr(bytes(k.addr))][int(k.slot)] = (int(v.count), int(v.sum))
         layout = self.layout
+        rows = self.mapped(bpf, "rtt_rows")
+        per_addr: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
+        for row, addr in address_rows(bpf).items():
+            words = rows.words(row * layout.slots, layout.slots)  # count, sum, count, ...
+            slots = per_addr[addr]
+            for slot, count in enumerate(words[0::2]):
+                if count:
+                    slots[slot] = (count, words[2 * slot + 1])
+        for k, v in bpf[b"rtt_hist"].items():
+            slots = per_addr[render_addr(bytes(k.addr))]
+            c, t = slots.get(int(k.slot), (0, 0))
+            slots[int(k.slot)] = (c + int(v.count), t + int(v.sum))
         return ProbeSnapshot(
             probe=self.name,
             unit=self.unit,

@@ -2,13 +2,14 @@
 loading anything: defines, support checks and reason naming."""
 
 import dataclasses
+import re
 
 import pytest
 
 from agent import kernel as K
 from agent.config import Config
 from agent.probes import PROBE_CLASSES, ProbeUnsupported
-from agent.probes.base import render_addr
+from agent.probes.base import ProbeError, inline_includes, load_source, render_addr
 from agent.probes.skb_drop import DROP_SLOTS, OUT_OF_RANGE, UNKNOWN, SkbDropProbe
 from tests.conftest import kernel_fixture, kernel_fixture_dirs
 
@@ -105,3 +106,27 @@ def test_config_validation_names_key_and_value():
         Config(probes=("bogus",))
     with pytest.raises(ValueError, match="max_addresses: 0 is not valid"):
         Config(max_addresses=0)
+    with pytest.raises(ValueError, match="fast_addresses: 5000 is not valid: an integer within 1..4096"):
+        Config(fast_addresses=5000)
+
+
+def test_bpf_h_includes_are_pasted_in_with_line_markers():
+    files = {"rows.bpf.h": "int helper(void) { return m.lookup(&k) != 0; }\n"}
+    text = '#include "common.h"\n#include "rows.bpf.h"\nint main_line3;\n'
+    out = inline_includes(text, "probe.bpf.c", files.__getitem__)
+    assert out.splitlines() == ['#include "common.h"', '#line 1 "rows.bpf.h"',
+                                "int helper(void) { return m.lookup(&k) != 0; }",
+                                '#line 3 "probe.bpf.c"', "int main_line3;"]
+    assert inline_includes('#include "common.h"\n', "p.c", files.__getitem__) == '#include "common.h"\n'
+
+
+def test_every_probe_source_loads_with_its_headers_inlined(tmp_path):
+    cfg = Config()
+    for cls in PROBE_CLASSES.values():
+        text = load_source(cfg.bpf_dir / cls.source)
+        assert re.search(r'^#include "[^"]+\.bpf\.h"', text, re.M) is None  # nothing left for BCC
+        if cls.name in ("tcp_rtt", "tcp_retrans"):
+            assert "addr_claim_row" in text
+    (tmp_path / "p.bpf.c").write_text('#include "gone.bpf.h"\n')
+    with pytest.raises(ProbeError, match="p.bpf.c: cannot read included gone.bpf.h"):
+        load_source(tmp_path / "p.bpf.c")
