@@ -124,8 +124,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
     res = run(args.seconds, args.reps)
-    print(f"kernel {res['kernel']}, {res['reps']} x {res['seconds']:g}s of lab load; medians over the "
-          "repetitions, ratio [min..max]")
+    print(f"kernel {res['kernel']}, {res['reps']} x {res['seconds']:g}s of lab load; "
+          "medians over the repetitions, ratio [min..max]")
     print("empty = mean of an empty program attached before and one attached after the probes")
     print(f"{'probe':<12} {'tracepoint':<24} {'events':>8} {'ns/event':>9} {'empty':>6} "
           f"{'(first':>7} {'last)':>6} {'ratio':>6}  range")

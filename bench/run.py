@@ -31,7 +31,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     res: dict = {"kernel": platform.release(), "cpus": os.cpu_count(), "commit": commit,
                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    res["probe_cost"] = probe_cost.run(5 if q else 10)
+    res["probe_cost"] = probe_cost.run(5 if q else 10, 1 if q else 5)
     res["where_time_goes"] = where_time_goes.run(5 if q else 10, where_time_goes.REF)
     res["tax"] = tax.run(1 if q else 5, 2 if q else 4)
     res["agent_cost"] = agent_cost.run(5 if q else 20, [0, 200, 1000])

@@ -6,15 +6,15 @@
  * field is needed (5.10 has none).
  *
  * Counts per local address:
- *   retrans_rows     array indexed by row, for addresses that have a row (addr_rows.bpf.h);
- *                    mmap-able
+ *   retrans_rows     per-CPU array indexed by row, for addresses that have a row
+ *                    (addr_rows.bpf.h): no cache line shared between CPUs
  *   retrans_by_addr  hash {address} -> count, for addresses that found no row; bounded by
  *                    RETRANS_MAX_ENTRIES, an event that finds it full is counted in retrans_lost
  */
 #include "common.h"
 #include "addr_rows.bpf.h"
 
-BPF_F_TABLE("array", int, u64, retrans_rows, ADDR_ROWS, BPF_F_MMAPABLE);
+BPF_PERCPU_ARRAY(retrans_rows, u64, ADDR_ROWS);
 BPF_HASH(retrans_by_addr, struct addr_key, u64, RETRANS_MAX_ENTRIES);
 BPF_PERCPU_ARRAY(retrans_lost, u64, 1);
 
@@ -31,15 +31,16 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
     union addr16 a = {};
     __builtin_memcpy(a.k.addr, args->saddr_v6, 16);
 
-    u64 *v;
     u32 row = addr_row(&a);
     if (row != ADDR_SPILL) {
         int idx = row;
-        v = retrans_rows.lookup(&idx);
-    } else {
-        u64 zero = 0;
-        v = retrans_by_addr.lookup_or_try_init(&a.k, &zero);
+        u64 *n = retrans_rows.lookup(&idx);
+        if (n)
+            (*n)++;
+        return 0;
     }
+    u64 zero = 0;
+    u64 *v = retrans_by_addr.lookup_or_try_init(&a.k, &zero);
     if (!v) {
         count_lost();
         return 0;

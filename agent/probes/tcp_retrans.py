@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 
 from agent.model import ProbeSnapshot
@@ -35,10 +36,10 @@ class TcpRetransProbe(BccProbe):
                 "addr_row_owner": rows, "retrans_by_addr": self.config.max_addresses}
 
     def snapshot(self, bpf) -> ProbeSnapshot:
-        rows = self.mapped(bpf, "retrans_rows")
+        rows = bpf[b"retrans_rows"]
         counts: dict[str, int] = {}
         for row, addr in address_rows(bpf).items():
-            counts[addr] = counts.get(addr, 0) + rows.words(row, 1)[0]
+            counts[addr] = counts.get(addr, 0) + self.percpu_sum(rows[ctypes.c_int(row)])
         for k, v in bpf[b"retrans_by_addr"].items():
             addr = render_addr(bytes(k.addr))
             counts[addr] = counts.get(addr, 0) + int(v.value)
