@@ -47,12 +47,17 @@ def main() -> None:
 
 def print_table(res: dict) -> None:
     print(f"\n=== ebpf-edge-agent bench: kernel {res['kernel']}, {res['cpus']} CPUs, commit {res['commit']} ===")
-    print("\n1. per-event kernel cost (ns, BPF_ENABLE_STATS) vs an empty program on the same tracepoint")
-    print(f"   {'probe':<12} {'tracepoint':<24} {'events':>8} {'ns/event':>9} {'empty':>6} {'ratio':>6} {'target':>6}")
-    for r in res["probe_cost"]["programs"]:
+    pc = res["probe_cost"]
+    print("\n1. per-event kernel cost (ns, BPF_ENABLE_STATS) vs an empty program on the same tracepoint "
+          f"(mean of one attached before and one after the probes); median of {pc['reps']} x "
+          f"{pc['seconds']:g}s, ratio range")
+    print(f"   {'probe':<12} {'tracepoint':<24} {'events':>8} {'ns/event':>9} {'empty':>6} {'ratio':>6} "
+          f"{'range':>12} {'target':>6}")
+    for r in pc["programs"]:
         target = 3.0 if r["probe"] == "runqlat" else 1.5
+        spread = f"[{r['ratio_min']}..{r['ratio_max']}]"
         print(f"   {r['probe']:<12} {r['tracepoint']:<24} {r['events']:>8} {r['ns_per_event'] or '-':>9} "
-              f"{r['empty_ns_per_event'] or '-':>6} {r['ratio_to_empty'] or '-':>6} {target:>6}")
+              f"{r['empty_ns_per_event'] or '-':>6} {r['ratio_to_empty'] or '-':>6} {spread:>12} {target:>6}")
     w = res["where_time_goes"]
     print(f"\n   before ({w['ref']}) vs after (working tree) and steps, all on the same events:")
     for r in w["rows"]:
