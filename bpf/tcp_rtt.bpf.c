@@ -9,11 +9,13 @@
  * sockaddr_in6 whose first two bytes are the address family (true on every kernel, including
  * those whose tracepoint has no separate "family" field).
  *
- * Histograms per local address, {count, sum of srtt in us} per slot:
- *   rtt_rows  array, row * HIST_SLOTS + slot, for addresses that have a row (addr_rows.bpf.h);
- *             mmap-able, so user space reads the rows in use without a syscall per slot
- *   rtt_hist  hash {address, slot} for addresses that found no row; bounded by
- *             RTT_MAX_ENTRIES, an event that finds it full is counted in rtt_lost
+ * Histograms per local address:
+ *   rtt_rows     array of counts, row * HIST_SLOTS + slot, for addresses that have a row
+ *                (addr_rows.bpf.h); mmap-able, so user space reads the rows in use without a
+ *                syscall per slot
+ *   rtt_row_sum  per-CPU array, row -> sum of srtt in us (one atomic per event, not two)
+ *   rtt_hist     hash {address, slot} -> {count, sum} for addresses that found no row; bounded
+ *                by RTT_MAX_ENTRIES, an event that finds it full is counted in rtt_lost
  */
 #include <linux/in6.h>
 #include "common.h"
@@ -24,7 +26,8 @@ struct rtt_key {
     u32 slot;
 };
 
-BPF_F_TABLE("array", int, struct hist_value, rtt_rows, ADDR_ROWS * HIST_SLOTS, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, u64, rtt_rows, ADDR_ROWS * HIST_SLOTS, BPF_F_MMAPABLE);
+BPF_PERCPU_ARRAY(rtt_row_sum, u64, ADDR_ROWS);
 BPF_HASH(rtt_hist, struct rtt_key, struct hist_value, RTT_MAX_ENTRIES);
 BPF_PERCPU_ARRAY(rtt_lost, u64, 1);
 
@@ -55,18 +58,25 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
 
     u64 srtt_us = args->srtt;
     u32 slot = hist_slot(srtt_us);
-    struct hist_value *v;
     u32 row = addr_row(&a);
     if (row != ADDR_SPILL) {
         int idx = row * HIST_SLOTS + slot;
-        v = rtt_rows.lookup(&idx);
-    } else {
-        struct rtt_key key = {};
-        __builtin_memcpy(key.addr, a.k.addr, 16);
-        key.slot = slot;
-        struct hist_value zero = {};
-        v = rtt_hist.lookup_or_try_init(&key, &zero);
+        u64 *n = rtt_rows.lookup(&idx);
+        int r = row;
+        u64 *sum = rtt_row_sum.lookup(&r);
+        if (!n || !sum) {
+            count_lost();
+            return 0;
+        }
+        __sync_fetch_and_add(n, 1);
+        *sum += srtt_us;  /* per CPU: no atomic needed */
+        return 0;
     }
+    struct rtt_key key = {};
+    __builtin_memcpy(key.addr, a.k.addr, 16);
+    key.slot = slot;
+    struct hist_value zero = {};
+    struct hist_value *v = rtt_hist.lookup_or_try_init(&key, &zero);
     if (!v) {
         count_lost();
         return 0;

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections import defaultdict
 
-from agent.model import ProbeSnapshot
-from agent.probes.base import (BccProbe, ProbeUnsupported, address_rows,
-                               hist_from_slots, render_addr)
+from agent.model import Histogram, ProbeSnapshot
+from agent.probes.base import BccProbe, ProbeUnsupported, address_rows, render_addr
 from agent.stats.histogram import SlotLayout
 
 # srtt values up to 2**27 us (134 s, above TCP's 120 s RTO ceiling) get their own slot
@@ -19,7 +19,7 @@ class TcpRttProbe(BccProbe):
     source = "tcp_rtt.bpf.c"
     required = ("tcp:tcp_probe",)
     unit = "us"
-    contract = {"rtt_rows": (4, 16), "addr_row_of": (16, 4), "addr_row_owner": (4, 16),
+    contract = {"rtt_rows": (4, 8), "rtt_row_sum": (4, 8), "addr_row_of": (16, 4), "addr_row_owner": (4, 16),
                 "addr_cache": (4, 24), "rtt_hist": (20, 16), "rtt_lost": (4, 8)}
 
     @property
@@ -57,22 +57,24 @@ class TcpRttProbe(BccProbe):
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         layout = self.layout
-        rows = self.mapped(bpf, "rtt_rows")
-        per_addr: dict[str, dict[int, tuple[int, int]]] = defaultdict(dict)
+        rows, row_sum = self.mapped(bpf, "rtt_rows"), bpf[b"rtt_row_sum"]
+        counts: dict[str, dict[int, int]] = defaultdict(dict)
+        totals: dict[str, int] = defaultdict(int)
         for row, addr in address_rows(bpf).items():
-            words = rows.words(row * layout.slots, layout.slots)  # count, sum, count, ...
-            slots = per_addr[addr]
-            for slot, count in enumerate(words[0::2]):
-                if count:
-                    slots[slot] = (count, words[2 * slot + 1])
+            slots = counts[addr]
+            for slot, n in enumerate(rows.words(row * layout.slots, layout.slots)):
+                if n:
+                    slots[slot] = n
+            totals[addr] += self.percpu_sum(row_sum[ctypes.c_int(row)])
         for k, v in bpf[b"rtt_hist"].items():
-            slots = per_addr[render_addr(bytes(k.addr))]
-            c, t = slots.get(int(k.slot), (0, 0))
-            slots[int(k.slot)] = (c + int(v.count), t + int(v.sum))
+            addr, slot = render_addr(bytes(k.addr)), int(k.slot)
+            if v.count:
+                counts[addr][slot] = counts[addr].get(slot, 0) + int(v.count)
+            totals[addr] += int(v.sum)
         return ProbeSnapshot(
             probe=self.name,
             unit=self.unit,
             taken_at=time.monotonic(),
-            hists={a: hist_from_slots(layout, s) for a, s in per_addr.items()},
+            hists={a: Histogram(layout, c, totals[a]) for a, c in counts.items()},
             lost=self.lost(bpf, "rtt_lost"),
         )
