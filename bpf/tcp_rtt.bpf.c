@@ -43,18 +43,33 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
 {
     if (args->snd_nxt == args->snd_una)
         return 0;
-    union addr16 a = {};
+    union addr16 a;
     u16 family = *(u16 *)&args->saddr[0];
 
+#ifdef SADDR_ALIGNED
+    /* Whole-word loads from the tracepoint record (saddr starts 8-byte aligned, checked by
+     * agent/probes/tcp_rtt.py), building the IPv4-mapped form directly (little-endian words):
+     * no byte copies, and no byte stores read back as words. */
     if (family == AF_INET) {
         /* struct sockaddr_in: family(2) port(2) addr(4) */
-        addr_from_v4(a.k.addr, &args->saddr[4]);
+        a.q[0] = 0;
+        a.q[1] = 0xffff0000ULL | ((u64)*(u32 *)&args->saddr[4] << 32);
     } else if (family == AF_INET6) {
         /* struct sockaddr_in6: family(2) port(2) flowinfo(4) addr(16) */
-        __builtin_memcpy(a.k.addr, &args->saddr[8], 16);
+        a.q[0] = *(u64 *)&args->saddr[8];
+        a.q[1] = *(u64 *)&args->saddr[16];
     } else {
         return 0;
     }
+#else
+    a.q[0] = a.q[1] = 0;
+    if (family == AF_INET)
+        addr_from_v4(a.k.addr, &args->saddr[4]);
+    else if (family == AF_INET6)
+        __builtin_memcpy(a.k.addr, &args->saddr[8], 16);
+    else
+        return 0;
+#endif
 
     u64 srtt_us = args->srtt;
     u32 slot = hist_slot(srtt_us);

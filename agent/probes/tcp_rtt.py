@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import sys
 import time
 from collections import defaultdict
 
@@ -37,7 +38,10 @@ class TcpRttProbe(BccProbe):
             raise ProbeUnsupported("tcp:tcp_probe saddr is not a sockaddr_in6-sized buffer")
 
     def defines(self) -> dict:
-        return {
+        saddr = self.kernel.tracepoint("tcp:tcp_probe").fields["saddr"]
+        # word loads of the address (bpf/tcp_rtt.bpf.c) need alignment and little-endian words
+        aligned = {"SADDR_ALIGNED": 1} if saddr.offset % 8 == 0 and sys.byteorder == "little" else {}
+        return {**aligned,
             "HIST_SUB_BITS": self.layout.sub_bits,
             "HIST_MAX_SHIFT": self.layout.max_shift,
             "RTT_MAX_ENTRIES": self.max_entries,

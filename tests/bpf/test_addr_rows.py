@@ -1,7 +1,7 @@
 """Per-address rows (bpf/addr_rows.bpf.h) under concurrent claims and overflow.
 
 Many local addresses send at once from threads on every CPU, so row claims race. The probe's
-per-address counts (rows and spill hash together) must equal, exactly, those of a reference
+per-address sample counts and srtt sums (rows and spill hash together) must equal, exactly, those of a reference
 program on the same tracepoint that keeps one plain hash entry per address; the row tables must
 stay one-to-one."""
 
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.bpf
 # the same filter and address rule as bpf/tcp_rtt.bpf.c, one hash entry per address
 REFERENCE = r"""
 struct addr_key { u8 addr[16]; };
-BPF_HASH(ref, struct addr_key, u64, 1024);
+struct seen { u64 count; u64 sum; };
+BPF_HASH(ref, struct addr_key, struct seen, 1024);
 TRACEPOINT_PROBE(tcp, tcp_probe)
 {
     if (args->snd_nxt == args->snd_una)
@@ -37,18 +38,21 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
     } else {
         return 0;
     }
-    u64 zero = 0, *v = ref.lookup_or_try_init(&k, &zero);
-    if (v)
-        __sync_fetch_and_add(v, 1);
+    struct seen zero = {}, *v = ref.lookup_or_try_init(&k, &zero);
+    if (v) {
+        __sync_fetch_and_add(&v->count, 1);
+        __sync_fetch_and_add(&v->sum, args->srtt);
+    }
     return 0;
 }
 """
 
 
-def _send_from(src: str, dst: tuple, nbytes: int) -> None:
-    with socket.socket() as c:
+def _send_from(src: str, port: int, nbytes: int) -> None:
+    v6 = ":" in src
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET) as c:
         c.bind((src, 0))
-        c.connect(dst)
+        c.connect(("::1" if v6 else "127.0.0.1", port))
         chunk = b"\0" * 65536
         for _ in range(nbytes // len(chunk)):
             c.sendall(chunk)
@@ -72,13 +76,14 @@ def _sink(srv: socket.socket, stop: threading.Event) -> None:
 
 
 def _traffic_from(sources: list[str], nbytes: int) -> None:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
+    srv = socket.socket(socket.AF_INET6)  # dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", 0))
     srv.listen(64)
     stop = threading.Event()
     sink = threading.Thread(target=_sink, args=(srv, stop), daemon=True)
     sink.start()
-    senders = [threading.Thread(target=_send_from, args=(s, srv.getsockname(), nbytes))
+    senders = [threading.Thread(target=_send_from, args=(s, srv.getsockname()[1], nbytes))
                for s in sources]
     for t in senders:
         t.start()
@@ -98,31 +103,42 @@ def _check_one_to_one(bpf, rows: int) -> dict[int, str]:
     return by_row
 
 
-def test_rtt_rows_and_spill_together_count_every_sample_of_every_address(kernel):
+class ByteCopyRttProbe(TcpRttProbe):
+    """The address built byte by byte, as on a kernel whose saddr is not 8-byte aligned."""
+
+    def defines(self):
+        d = super().defines()
+        d.pop("SADDR_ALIGNED")
+        return d
+
+
+@pytest.mark.parametrize("cls", [TcpRttProbe, ByteCopyRttProbe], ids=["word-loads", "byte-copy"])
+def test_rtt_rows_and_spill_together_count_every_sample_of_every_address(kernel, cls):
     require_tracepoint(kernel, "tcp:tcp_probe")
     from bcc import BPF
 
     sources = [f"127.0.0.{i}" for i in range(10, 26)]  # 16 senders, 4 rows: 12 must spill
-    probe = TcpRttProbe(Config(fast_addresses=4, max_addresses=64), kernel)
+    sources += ["::1"]  # and one IPv6 address
+    probe = cls(Config(fast_addresses=4, max_addresses=64), kernel)
     probe.start()
     ref = BPF(text=REFERENCE.encode())
     try:
         _traffic_from(sources, 4 << 20)
         snap = probe.read()
-        want = {render_addr(bytes(k.addr)): int(v.value) for k, v in ref[b"ref"].items()}
+        want = {render_addr(bytes(k.addr)): (int(v.count), int(v.sum)) for k, v in ref[b"ref"].items()}
         by_row = _check_one_to_one(probe._bpf, 4)
         spilled = {render_addr(bytes(k.addr)) for k, v in probe._bpf[b"addr_row_of"].items()
                    if int(v.value) == ADDR_SPILL}
     finally:
         ref.cleanup()
         probe.close()
-    got = {a: h.count for a, h in snap.hists.items()}
+    got = {a: (h.count, h.total) for a, h in snap.hists.items()}
     print(f"\nrows: {sorted(by_row.values())}; spilled: {len(spilled)}; per-address samples {got}")
     assert set(sources) <= set(want), want
     assert len(by_row) == 4 and set(by_row.values()) <= set(want)
     assert set(sources) - set(by_row.values()) <= spilled
     assert snap.lost == 0
-    assert got == want  # exact, address by address
+    assert got == want  # samples and their srtt sum, exact, address by address
 
 
 def test_retrans_counts_in_rows_then_spill_then_lost(kernel):

@@ -130,3 +130,14 @@ def test_every_probe_source_loads_with_its_headers_inlined(tmp_path):
     (tmp_path / "p.bpf.c").write_text('#include "gone.bpf.h"\n')
     with pytest.raises(ProbeError, match="p.bpf.c: cannot read included gone.bpf.h"):
         load_source(tmp_path / "p.bpf.c")
+
+
+@pytest.mark.parametrize("kdir", kernel_fixture_dirs(), ids=lambda p: p.name)
+def test_tcp_rtt_loads_address_words_only_where_saddr_is_aligned(kdir):
+    k = K.detect([kdir], kdir / "no-btf", kdir, kdir, check_permission=False)
+    assert PROBE_CLASSES["tcp_rtt"](Config(), k).defines().get("SADDR_ALIGNED") == 1  # offset 8 on all
+    fmt = k.tracepoint("tcp:tcp_probe")
+    shifted = dataclasses.replace(fmt, fields={**fmt.fields, "saddr": dataclasses.replace(
+        fmt.fields["saddr"], offset=12)})
+    k2 = dataclasses.replace(k, formats={**k.formats, "tcp:tcp_probe": shifted})
+    assert "SADDR_ALIGNED" not in PROBE_CLASSES["tcp_rtt"](Config(), k2).defines()
