@@ -105,7 +105,7 @@ class Config:
     default_rtt_slo_ms: float = 100.0
     # probes
     probes: tuple[str, ...] = PROBE_NAMES
-    max_addresses: int = 4096
+    max_addresses: int = 1024
     fast_addresses: int = 512
     max_tasks: int = 65536
     hist_sub_bits: int = 5
