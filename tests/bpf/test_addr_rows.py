@@ -21,6 +21,7 @@ pytestmark = pytest.mark.bpf
 
 # the same filter and address rule as bpf/tcp_rtt.bpf.c, one hash entry per address
 REFERENCE = r"""
+#include <linux/in6.h>  /* 5.10's tcp_probe format sizes saddr with sizeof(struct sockaddr_in6) */
 struct addr_key { u8 addr[16]; };
 struct seen { u64 count; u64 sum; };
 BPF_HASH(ref, struct addr_key, struct seen, 1024);
