@@ -31,10 +31,10 @@ Produced by `make test-kernels` (`scripts/kernel-matrix/run.sh`, as root): it fe
 kernel and header packages with a private apt configuration (cached in
 `/var/lib/ebpf-edge-agent/kernel-matrix`, never installed), boots each kernel once under QEMU with
 virtme-ng (software emulation, 2 CPUs, 1 GiB) and runs `check-kernel`, `smoke-test` and the
-real-kernel tests there, then the same on the host. A full run took 7.5 minutes on this
-otherwise idle 2-core machine (2-3.5 min per emulated kernel: see `seconds` in each result; much
-longer while other heavy work shares the CPUs); it is not part of `make test` or CI, whose
-15-minute budget it would take half of. Per-kernel results: `tests/kernels/results/`."""
+real-kernel tests there, then the same on the host. A full run took 12.5 minutes on this 2-core
+machine (3-5.5 min per emulated kernel, 5.10 the slowest: see `seconds` in each result; longer
+while other heavy work shares the CPUs); it is not part of `make test` or CI, whose 15-minute
+budget it would nearly fill. Per-kernel results: `tests/kernels/results/`."""
 
 
 # ---------------------------------------------------------------------------------------------
