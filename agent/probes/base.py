@@ -269,6 +269,17 @@ class BccProbe:
 
 
 ADDR_SPILL = 0xFFFFFFFF  # addr_row_of value of an address counted in the probe's hash instead
+# the maps bpf/addr_rows.bpf.h adds to a probe: name -> (key size, leaf size)
+ADDR_ROW_CONTRACT = {"addr_row_of": (16, 4), "addr_row_owner": (4, 16), "addr_cache": (4, 24)}
+
+
+def address_row_defines(config: Config) -> dict[str, int]:
+    return {"ADDR_ROWS": config.fast_addresses, "ADDR_SPILL_ADDRS": config.max_addresses}
+
+
+def address_row_entries(config: Config) -> dict[str, int]:
+    return {"addr_row_of": config.fast_addresses + config.max_addresses,
+            "addr_row_owner": config.fast_addresses}
 
 
 def address_rows(bpf) -> dict[int, str]:

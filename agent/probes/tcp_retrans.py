@@ -6,8 +6,8 @@ import ctypes
 import time
 
 from agent.model import ProbeSnapshot
-from agent.probes.base import (BccProbe, ProbeUnsupported, address_rows,
-                               render_addr)
+from agent.probes.base import (ADDR_ROW_CONTRACT, BccProbe, ProbeUnsupported, address_row_defines,
+                               address_row_entries, address_rows, render_addr)
 
 
 class TcpRetransProbe(BccProbe):
@@ -15,8 +15,8 @@ class TcpRetransProbe(BccProbe):
     source = "tcp_retrans.bpf.c"
     required = ("tcp:tcp_retransmit_skb",)
     unit = ""
-    contract = {"retrans_rows": (4, 8), "addr_row_of": (16, 4), "addr_row_owner": (4, 16),
-                "addr_cache": (4, 24), "retrans_by_addr": (16, 8), "retrans_lost": (4, 8)}
+    contract = {"retrans_rows": (4, 8), "retrans_by_addr": (16, 8), "retrans_lost": (4, 8),
+                **ADDR_ROW_CONTRACT}
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -26,14 +26,11 @@ class TcpRetransProbe(BccProbe):
 
     def defines(self) -> dict:
         return {"RETRANS_MAX_ENTRIES": self.config.max_addresses,
-                "ADDR_ROWS": self.config.fast_addresses,
-                "ADDR_SPILL_ADDRS": self.config.max_addresses,
-                "HIST_SUB_BITS": 5, "HIST_MAX_SHIFT": 0}
+                "HIST_SUB_BITS": 5, "HIST_MAX_SHIFT": 0, **address_row_defines(self.config)}
 
     def expected_entries(self):
-        rows = self.config.fast_addresses
-        return {"retrans_rows": rows, "addr_row_of": rows + self.config.max_addresses,
-                "addr_row_owner": rows, "retrans_by_addr": self.config.max_addresses}
+        return {"retrans_rows": self.config.fast_addresses,
+                "retrans_by_addr": self.config.max_addresses, **address_row_entries(self.config)}
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         rows = bpf[b"retrans_rows"]

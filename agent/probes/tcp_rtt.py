@@ -8,7 +8,8 @@ import time
 from collections import defaultdict
 
 from agent.model import Histogram, ProbeSnapshot
-from agent.probes.base import BccProbe, ProbeUnsupported, address_rows, render_addr
+from agent.probes.base import (ADDR_ROW_CONTRACT, BccProbe, ProbeUnsupported, address_row_defines,
+                               address_row_entries, address_rows, render_addr)
 from agent.stats.histogram import SlotLayout
 
 # srtt values up to 2**27 us (134 s, above TCP's 120 s RTO ceiling) get their own slot
@@ -20,8 +21,8 @@ class TcpRttProbe(BccProbe):
     source = "tcp_rtt.bpf.c"
     required = ("tcp:tcp_probe",)
     unit = "us"
-    contract = {"rtt_rows": (4, 8), "rtt_row_sum": (4, 8), "addr_row_of": (16, 4), "addr_row_owner": (4, 16),
-                "addr_cache": (4, 24), "rtt_hist": (20, 16), "rtt_lost": (4, 8)}
+    contract = {"rtt_rows": (4, 8), "rtt_row_sum": (4, 8), "rtt_hist": (20, 16), "rtt_lost": (4, 8),
+                **ADDR_ROW_CONTRACT}
 
     @property
     def layout(self) -> SlotLayout:
@@ -40,13 +41,13 @@ class TcpRttProbe(BccProbe):
     def defines(self) -> dict:
         saddr = self.kernel.tracepoint("tcp:tcp_probe").fields["saddr"]
         # word loads of the address (bpf/tcp_rtt.bpf.c) need alignment and little-endian words
-        aligned = {"SADDR_ALIGNED": 1} if saddr.offset % 8 == 0 and sys.byteorder == "little" else {}
-        return {**aligned,
+        aligned = saddr.offset % 8 == 0 and sys.byteorder == "little"
+        return {
             "HIST_SUB_BITS": self.layout.sub_bits,
             "HIST_MAX_SHIFT": self.layout.max_shift,
             "RTT_MAX_ENTRIES": self.max_entries,
-            "ADDR_ROWS": self.config.fast_addresses,
-            "ADDR_SPILL_ADDRS": self.config.max_addresses,
+            **address_row_defines(self.config),
+            **({"SADDR_ALIGNED": 1} if aligned else {}),
         }
 
     @property
@@ -55,9 +56,8 @@ class TcpRttProbe(BccProbe):
         return self.config.max_addresses * 64
 
     def expected_entries(self):
-        rows = self.config.fast_addresses
-        return {"rtt_rows": rows * self.layout.slots, "addr_row_of": rows + self.config.max_addresses,
-                "addr_row_owner": rows, "rtt_hist": self.max_entries}
+        return {"rtt_rows": self.config.fast_addresses * self.layout.slots,
+                "rtt_hist": self.max_entries, **address_row_entries(self.config)}
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         layout = self.layout

@@ -1,9 +1,9 @@
 """Per-address rows (bpf/addr_rows.bpf.h) under concurrent claims and overflow.
 
 Many local addresses send at once from threads on every CPU, so row claims race. The probe's
-per-address sample counts and srtt sums (rows and spill hash together) must equal, exactly, those of a reference
-program on the same tracepoint that keeps one plain hash entry per address; the row tables must
-stay one-to-one."""
+per-address sample counts and srtt sums (rows and spill hash together) must equal, exactly,
+those of a reference program on the same tracepoint that keeps one plain hash entry per
+address; the row tables must stay one-to-one."""
 
 import socket
 import threading
@@ -59,6 +59,11 @@ def _send_from(src: str, port: int, nbytes: int) -> None:
             c.sendall(chunk)
 
 
+def _drain(conn: socket.socket) -> None:
+    while conn.recv(1 << 16):
+        pass
+
+
 def _sink(srv: socket.socket, stop: threading.Event) -> None:
     srv.settimeout(0.2)
     conns = []
@@ -67,8 +72,7 @@ def _sink(srv: socket.socket, stop: threading.Event) -> None:
             conn, _ = srv.accept()
         except socket.timeout:
             continue
-        t = threading.Thread(target=lambda c=conn: [None for _ in iter(lambda: c.recv(1 << 16), b"")],
-                             daemon=True)
+        t = threading.Thread(target=_drain, args=(conn,), daemon=True)
         t.start()
         conns.append((conn, t))
     for conn, t in conns:
@@ -126,7 +130,8 @@ def test_rtt_rows_and_spill_together_count_every_sample_of_every_address(kernel,
     try:
         _traffic_from(sources, 4 << 20)
         snap = probe.read()
-        want = {render_addr(bytes(k.addr)): (int(v.count), int(v.sum)) for k, v in ref[b"ref"].items()}
+        want = {render_addr(bytes(k.addr)): (int(v.count), int(v.sum))
+                for k, v in ref[b"ref"].items()}
         by_row = _check_one_to_one(probe._bpf, 4)
         spilled = {render_addr(bytes(k.addr)) for k, v in probe._bpf[b"addr_row_of"].items()
                    if int(v.value) == ADDR_SPILL}
