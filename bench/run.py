@@ -71,6 +71,9 @@ def print_table(res: dict) -> None:
             print(f"   {m:<8} iperf3 throughput x{v['throughput']['median']} "
                   f"[{v['throughput']['min']}..{v['throughput']['max']}]   TCP req/resp "
                   f"x{v['rr']['median']} [{v['rr']['min']}..{v['rr']['max']}]")
+    sh = t["bpf_cpu_share"]
+    print(f"   agent's probes, in-kernel run time as a share of all CPU time (BPF_ENABLE_STATS, one more run "
+          f"each): iperf3 {sh['throughput']:.3%}, req/resp {sh['rr']:.3%}")
     print("\n3. agent user space (real process, 10 s windows)")
     print(f"   {'pods':>5} {'events':>6} {'startup s':>9} {'cpu s/min':>9} {'rss MB':>7} {'/metrics p50':>12} "
           f"{'p99 ms':>7} {'series':>7}  in-kernel samples/s")

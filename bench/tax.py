@@ -4,17 +4,29 @@ tracer (a bpftrace one-liner printing every event of the agent's tracepoints to 
 The modes are alternated within each repetition so drift cancels; each mode is reported as the
 median ratio to the "off" run of the same repetition, with the min..max of those ratios.
 
+Then each workload runs once more with the agent and BPF_ENABLE_STATS on (not during the
+ratio runs: the accounting itself costs time per event): the run time of every tracepoint
+program in the kernel over that run, as a share of the CPU time available (wall time x CPUs)
+-- the kernel time the probes take from the workload, measured directly rather than read
+through the noise of the throughput ratios.
+
     .venv/bin/python -m bench.tax [--reps 3] [--seconds 4] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from agent.kernel import _NR_BPF, enable_bpf_stats
+from agent.probes.base import read_prog_stats
 
 from tests.bpf.netlab import NetLab
 from tests.e2e.agent_proc import Agent, http_get
@@ -98,6 +110,53 @@ def rr_rate(lab: NetLab, seconds: float) -> float:
     return float(out.strip())
 
 
+_BPF_PROG_GET_NEXT_ID, _BPF_PROG_GET_FD_BY_ID = 11, 13
+_PROG_TYPE_TRACEPOINT = 5
+
+
+def tracepoint_programs_run_time() -> int:
+    """Summed run_time_ns of every tracepoint program loaded in the kernel (needs root)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = _NR_BPF[platform.machine()]
+    total, prog_id = 0, 0
+    while True:
+        attr = (ctypes.c_uint32 * 4)(prog_id, 0, 0, 0)
+        if libc.syscall(nr, _BPF_PROG_GET_NEXT_ID, attr, ctypes.sizeof(attr)) != 0:
+            return total  # ENOENT: no more programs
+        prog_id = attr[1]
+        fd = libc.syscall(nr, _BPF_PROG_GET_FD_BY_ID, (ctypes.c_uint32 * 4)(prog_id, 0, 0, 0), 16)
+        if fd < 0:
+            continue  # unloaded meanwhile
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                is_tp = any(line.split() == ["prog_type:", str(_PROG_TYPE_TRACEPOINT)] for line in f)
+            st = read_prog_stats(fd) if is_tp else None
+        finally:
+            os.close(fd)
+        if st:
+            total += st[0]
+
+
+def bpf_share(lab: NetLab, seconds: float) -> dict:
+    """Share of all CPU time spent in tracepoint programs while each workload runs with the agent."""
+    agent = start_agent()
+    fd = enable_bpf_stats()
+    if fd is None:
+        agent.stop()
+        raise SystemExit("BPF_ENABLE_STATS refused: need root and kernel >= 5.8")
+    out = {}
+    try:
+        for test, fn in (("throughput", throughput), ("rr", rr_rate)):
+            ns0, t0 = tracepoint_programs_run_time(), time.monotonic()
+            fn(lab, seconds)
+            ns1, t1 = tracepoint_programs_run_time(), time.monotonic()
+            out[test] = round((ns1 - ns0) / ((t1 - t0) * 1e9 * (os.cpu_count() or 1)), 5)
+    finally:
+        os.close(fd)
+        agent.stop()
+    return out
+
+
 def run(reps: int, seconds: float) -> dict:
     modes = ("off", "agent", "tracer")
     raw: dict[str, dict[str, list[float]]] = {m: {"throughput": [], "rr": []} for m in modes}
@@ -118,11 +177,12 @@ def run(reps: int, seconds: float) -> dict:
                     finally:
                         if ctx is not None:
                             ctx.stop()
+            share = bpf_share(lab, seconds)
         finally:
             for p in (iperf, rr):
                 p.kill()
                 p.wait()
-    res = {"reps": reps, "seconds": seconds, "raw": raw, "ratios": {}}
+    res = {"reps": reps, "seconds": seconds, "raw": raw, "ratios": {}, "bpf_cpu_share": share}
     for m in modes:
         for test in ("throughput", "rr"):
             ratios = [x / o for x, o in zip(raw[m][test], raw["off"][test])]
@@ -146,6 +206,9 @@ def main() -> None:
     for m, t in res["ratios"].items():
         print(f"{m:<7} throughput x{t['throughput']['median']} [{t['throughput']['min']}..{t['throughput']['max']}]"
               f"   rr x{t['rr']['median']} [{t['rr']['min']}..{t['rr']['max']}]")
+    sh = res["bpf_cpu_share"]
+    print(f"agent's probes, kernel time as a share of all CPU time: throughput run {sh['throughput']:.3%}, "
+          f"req/resp run {sh['rr']:.3%}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
