@@ -153,7 +153,7 @@ class BccProbe:
                 raise ProbeUnsupported(f"tracepoint {tp} not found in {self.kernel.tracefs}/events")
 
     def cflags(self) -> list[str]:
-        flags = [f"-I{self.config.bpf_dir}"]
+        flags = [f"-I{self.config.bpf_dir.resolve()}"]  # BCC compiles in a virtual dir: absolute
         for k, v in sorted(self.defines().items()):
             flags.append(f"-D{k}={v}" if v is not None else f"-D{k}")
         return flags

@@ -3,6 +3,7 @@ loading anything: defines, support checks and reason naming."""
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,9 @@ def test_tcp_rtt_loads_address_words_only_where_saddr_is_aligned(kdir):
         fmt.fields["saddr"], offset=12)})
     k2 = dataclasses.replace(k, formats={**k.formats, "tcp:tcp_probe": shifted})
     assert "SADDR_ALIGNED" not in PROBE_CLASSES["tcp_rtt"](Config(), k2).defines()
+
+
+def test_include_path_is_absolute_even_for_a_relative_bpf_dir(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    p = PROBE_CLASSES["skb_drop"](Config(bpf_dir=Path("bpf")), kinfo("6.18"))
+    assert p.cflags()[0] == f"-I{tmp_path / 'bpf'}"
