@@ -4,7 +4,7 @@ attached to the same tracepoint (the floor).
     .venv/bin/python -m bench.probe_cost [--seconds 10] [--reps 3] [--json out.json]
 
 An empty program is attached both before and after the probes, because a program's position on
-a tracepoint shifts its measured cost by up to ~10 ns (the first one runs on colder caches); the
+a tracepoint shifts its measured cost by up to ~17 ns (the first one runs on colder caches); the
 floor is the mean of the two, and both are reported.
 
 Uses BPF_ENABLE_STATS (the fd-scoped form of kernel.bpf_stats_enabled=1), released on exit.
