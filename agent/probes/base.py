@@ -289,26 +289,23 @@ def address_rows(bpf) -> dict[int, str]:
 
 
 class MappedU64Array:
-    """A BPF array map created with BPF_F_MMAPABLE, read straight from shared memory as u64s.
+    """A BPF array of u64 created with BPF_F_MMAPABLE, read straight from shared memory.
 
-    Reading a row costs one memory copy instead of one bpf() syscall per element."""
+    Reading a run of entries costs one memory copy instead of one bpf() syscall per element."""
 
     def __init__(self, table) -> None:
         entries, size = int(table.max_entries), ctypes.sizeof(table.Leaf)
-        if size % 8:
-            raise ProbeError(f"mmap-ed map leaf size {size} is not a multiple of 8")
-        self.words_per_entry = size // 8
-        length = entries * size
+        if size != 8:
+            raise ProbeError(f"mmap-ed map leaf size {size} is not a u64")
         try:
-            self._mm = mmap.mmap(table.map_fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            self._mm = mmap.mmap(table.map_fd, entries * 8, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         except (OSError, ValueError) as e:
-            raise ProbeError(f"cannot mmap BPF array ({entries} x {size} B): {e}") from e
+            raise ProbeError(f"cannot mmap BPF array of {entries} u64: {e}") from e
 
-    def words(self, first_entry: int, entries: int) -> array:
-        """u64 words of ``entries`` consecutive entries starting at ``first_entry``."""
-        step = self.words_per_entry * 8
+    def words(self, first: int, count: int) -> array:
+        """``count`` consecutive entries starting at ``first``."""
         out = array("Q")
-        out.frombytes(self._mm[first_entry * step:(first_entry + entries) * step])
+        out.frombytes(self._mm[first * 8:(first + count) * 8])
         return out
 
     def close(self) -> None:
