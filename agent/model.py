@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from agent.stats.histogram import SlotLayout, diff_counts
@@ -44,6 +44,11 @@ class ProbeSnapshot:
     local address for the TCP probes, the drop reason name for ``skb_drop``, ``""`` for a
     node-wide figure. ``lost`` counts events the kernel could not record (a bounded map was
     full); it is never hidden.
+
+    ``since`` is when what the snapshot holds began to accumulate: for a window, the moment
+    of the snapshot it is the difference from; for a cumulative snapshot, the probe's start
+    when known. A rate divides by ``seconds``, the time between the two moments its counts
+    were read, never by a window measured elsewhere.
     """
 
     probe: str
@@ -52,17 +57,26 @@ class ProbeSnapshot:
     hists: Mapping[str, Histogram] = field(default_factory=dict)
     counts: Mapping[str, int] = field(default_factory=dict)
     lost: int = 0
+    since: float | None = None  # same clock as taken_at
 
     @property
     def events(self) -> int:
         return sum(h.count for h in self.hists.values()) + sum(self.counts.values())
+
+    @property
+    def seconds(self) -> float | None:
+        """Length of the interval the counts cover; None when its start is unknown."""
+        if self.since is None or not self.taken_at > self.since:
+            return None
+        return self.taken_at - self.since
 
 
 def window(prev: ProbeSnapshot | None, cur: ProbeSnapshot) -> tuple[ProbeSnapshot, bool]:
     """The difference ``cur - prev`` of two cumulative snapshots of one probe.
 
     Returns ``(window, reset)``; on a reset (a counter went backwards) the window is what
-    accumulated since the reset. Without ``prev`` the window is everything since the start.
+    accumulated since the reset (its start unknown: ``since`` is None). Without ``prev`` the
+    window is everything since the start (``cur`` as it is).
     """
     if prev is None:
         return cur, False
@@ -84,9 +98,10 @@ def window(prev: ProbeSnapshot | None, cur: ProbeSnapshot) -> tuple[ProbeSnapsho
     counts, r = diff_counts(prev.counts, cur.counts)
     reset = reset or r or cur.lost < prev.lost or any(k not in cur.hists for k in prev.hists)
     if reset:
-        return cur, True
+        return replace(cur, since=None), True
     return (
-        ProbeSnapshot(cur.probe, cur.unit, cur.taken_at, hists, counts, cur.lost - prev.lost),
+        ProbeSnapshot(cur.probe, cur.unit, cur.taken_at, hists, counts, cur.lost - prev.lost,
+                      since=prev.taken_at),
         False,
     )
 
@@ -142,6 +157,7 @@ class PodSample:
     memory_pressure: float | None = None  # memory.pressure "some"
     net_rx_bytes: int | None = None  # received over the window, the pod's network namespace
     net_tx_bytes: int | None = None  # sent over the window; None: host network or unknown
+    net_seconds: float | None = None  # time between the two reads the byte counts come from
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,7 @@ class PodReport:
     memory_pressure: float | None = None
     net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
+    net_seconds: float | None = None
 
 
 @dataclass(frozen=True)

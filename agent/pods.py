@@ -102,7 +102,7 @@ class ClusterPods:
         self.clock = clock
         self._prev = None
         self._pid: dict[str, int] = {}  # pod key -> a pid inside it (cached)
-        self._net_prev: dict[str, tuple[int, int, int]] = {}  # key -> (netns, rx, tx)
+        self._net_prev: dict[str, tuple[int, int, int, float]] = {}  # key -> (netns, rx, tx, when)
 
     @classmethod
     def from_config(cls, config: Config) -> "ClusterPods":
@@ -178,11 +178,13 @@ class ClusterPods:
         cur = read_netns_bytes(proc, pid)
         if cur is None:
             return p
+        now = self.clock()
         prev = self._net_prev.get(p.uid)
-        self._net_prev[p.uid] = (ns, cur[0], cur[1])
-        if prev is None or prev[0] != ns or cur[0] < prev[1] or cur[1] < prev[2]:
+        self._net_prev[p.uid] = (ns, cur[0], cur[1], now)
+        if prev is None or prev[0] != ns or cur[0] < prev[1] or cur[1] < prev[2] or now <= prev[3]:
             return p  # first sight or a new sandbox: the window starts now
-        return dataclasses.replace(p, net_rx_bytes=cur[0] - prev[1], net_tx_bytes=cur[1] - prev[2])
+        return dataclasses.replace(p, net_rx_bytes=cur[0] - prev[1], net_tx_bytes=cur[1] - prev[2],
+                                   net_seconds=now - prev[3])
 
     def _host_netns(self) -> int | None:
         """The node's network namespace: PID 1's (in a DaemonSet with hostPID that is the

@@ -97,8 +97,10 @@ def build_report(
     reason_rates: dict[str, float] = {}
     drop_rate = weighted = None
     if drop_win is not None:
-        reason_rates = {r: n / window_seconds for r, n in sorted(drop_win.counts.items())}
-        drop_rate = sum(drop_win.counts.values()) / window_seconds
+        # divided by the time between the two reads the counts are the difference of
+        drop_seconds = drop_win.seconds or window_seconds
+        reason_rates = {r: n / drop_seconds for r, n in sorted(drop_win.counts.items())}
+        drop_rate = sum(drop_win.counts.values()) / drop_seconds
         weighted = weighted_drop_rate(reason_rates, score_cfg.drop_reason_weights,
                                       score_cfg.default_drop_weight)
 
@@ -134,7 +136,7 @@ def build_report(
             addresses=tuple(p.addresses),
             qos=p.qos, cpu_throttled_ratio=p.cpu_throttled_ratio, cpu_pressure=p.cpu_pressure,
             memory_pressure=p.memory_pressure, net_rx_bytes=p.net_rx_bytes,
-            net_tx_bytes=p.net_tx_bytes,
+            net_tx_bytes=p.net_tx_bytes, net_seconds=p.net_seconds,
         ))
         tenant_cpu[p.tenant] = tenant_cpu.get(p.tenant, 0.0) + (p.cpu_used or 0.0)
         tenant_mem[p.tenant] = tenant_mem.get(p.tenant, 0.0) + (p.memory_used or 0.0)

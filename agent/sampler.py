@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from agent.model import ProbeSnapshot, ProbeState, ProbeStateKind, window
@@ -27,6 +27,7 @@ class _Slot:
     probe: Probe
     state: ProbeState
     prev: ProbeSnapshot | None = None
+    started_at: float | None = None  # when the probe last attached (its counts begin there)
     retry_at: float = 0.0
     retry_delay: float = RETRY_FIRST
     failures: int = 0
@@ -68,6 +69,7 @@ class ProbeSet:
         slot.state = ProbeState(p.name, ProbeStateKind.UP, "", self._detail(p))
         slot.retry_delay = self._retry_first
         slot.prev = None
+        slot.started_at = self._clock()
 
     def _fail(self, slot: _Slot, reason: str) -> None:
         slot.failures += 1
@@ -107,13 +109,16 @@ class ProbeSet:
         return out
 
     def read_windows(self) -> dict[str, ProbeSnapshot]:
-        """Per-probe windows since the previous call (the first call: since the start)."""
+        """Per-probe windows since the previous call (the first call: since the start). Each
+        window carries the interval its counts cover (``since`` .. ``taken_at``)."""
         out = {}
         for name, snap in self.read_all().items():
             slot = self._slots[name]
             win, reset = window(slot.prev, snap)
             if reset:
                 log.warning("probe %s: counters went backwards; window restarted", name)
+            elif slot.prev is None and win.since is None:
+                win = replace(win, since=slot.started_at)
             slot.prev = snap
             out[name] = win
         return out

@@ -99,15 +99,16 @@ class Sampler:
     def start(self) -> None:
         """Take the baselines the first window is measured from."""
         self.probes.read_windows()
+        self._t_prev = self.clock()
         proc = self.config.proc_root
         self._prev_cpu = self._guard("proc_stat", lambda: parse_proc_stat((proc / "stat").read_text()))
         self._prev_tcp = self._guard("net_snmp", lambda: read_netns_tcp(proc))
-        self._t_prev = self.clock()
 
     def tick(self) -> NodeReport:
         t0 = self.clock()
         self.probes.retry_due()
         windows = self.probes.read_windows()
+        t_read = self.clock()  # the report's window: from one probe read to the next
         proc = self.config.proc_root
         cpu = self._guard("proc_stat", lambda: parse_proc_stat((proc / "stat").read_text()))
         util = cpu_utilization(self._prev_cpu, cpu) if cpu else None
@@ -127,9 +128,8 @@ class Sampler:
             cpu_used=util * ncpu if util is not None else None,
             memory_used=(mem[0] - mem[1]) if mem else None,
         )
-        now = self.clock()
-        window = now - (self._t_prev if self._t_prev is not None else t0)
-        self._t_prev = now
+        window = t_read - (self._t_prev if self._t_prev is not None else t0)
+        self._t_prev = t_read
         self.sequence += 1
         return build_report(
             self.config,

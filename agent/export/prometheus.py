@@ -200,13 +200,13 @@ def render_report(r: NodeReport) -> list[Metric]:
     for p in r.pods:
         lv = [p.namespace, p.pod]
         ms = lambda v: None if v is None else v / 1000  # noqa: E731
+        per_s = lambda v: None if v is None or not p.net_seconds else v / p.net_seconds  # noqa: E731
         for key, v in (("rtt_p50", ms(p.rtt_p50_ms)), ("rtt_p99", ms(p.rtt_p99_ms)),
                        ("slo", p.slo_violation_rate), ("cpu", p.cpu_used),
                        ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
                        ("mem_limit", p.memory_limit), ("throttled", p.cpu_throttled_ratio),
                        ("cpu_psi", p.cpu_pressure), ("mem_psi", p.memory_pressure),
-                       ("rx", None if p.net_rx_bytes is None else p.net_rx_bytes / r.window_seconds),
-                       ("tx", None if p.net_tx_bytes is None else p.net_tx_bytes / r.window_seconds)):
+                       ("rx", per_s(p.net_rx_bytes)), ("tx", per_s(p.net_tx_bytes))):
             if v is not None:
                 fams[key].add_metric(lv, float(v))
         if cum_retrans is not None and not p.host_network and p.addresses:
