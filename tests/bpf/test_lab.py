@@ -156,59 +156,80 @@ def test_pure_receivers_are_not_sampled(config, kernel, lab):
     assert keys.get(lab.a.ip4, 0) > 50 and keys.get(lab.b.ip4, 0) == 0, keys
 
 
-def _all_run_delay_ns() -> dict[str, int]:
-    """Run-queue wait of every thread, from /proc/<pid>/task/<tid>/schedstat (2nd field)."""
+def _schedstat() -> dict[str, tuple[float, int, int]]:
+    """(when read, run-queue wait ns, timeslices) of every thread, from
+    /proc/<pid>/task/<tid>/schedstat (2nd and 3rd fields: the kernel's own sched_info
+    accounting). Each thread carries its own read time: under contention a walk of /proc takes
+    long enough that one timestamp for all of it would skew the rate."""
     out = {}
     for task in Path("/proc").glob("[0-9]*/task/[0-9]*/schedstat"):
         try:
-            out[str(task.parent)] = int(task.read_text().split()[1])
+            f = task.read_text().split()
+            out[str(task.parent)] = (time.monotonic(), int(f[1]), int(f[2]))
         except (OSError, IndexError, ValueError):
             pass
     return out
 
 
+def _measure_runqlat(ps, seconds: float):
+    """One window of the probe and of the witness over the same time: the probe from one read to
+    the next, each thread of the witness from its read before to its read after (a rate per
+    thread, summed). Threads that start or exit between the walks are not in the witness."""
+    ps.read_windows()
+    p0 = time.monotonic()
+    before = _schedstat()
+    time.sleep(seconds)
+    after = _schedstat()
+    win = ps.read_windows()
+    p1 = time.monotonic()
+    hist = merge_histograms(win["runqlat"].hists.values())
+    both = [t for t in after if t in before]
+    rate = sum((after[t][1] - before[t][1]) / (after[t][0] - before[t][0]) for t in both)
+    slices = sum(after[t][2] - before[t][2] for t in both)
+    wait = sum(after[t][1] - before[t][1] for t in both)
+    return {
+        "p95": percentile(hist.layout, hist.counts, 0.95),
+        "probe_rate": hist.total / (p1 - p0),  # ns waited per second, all threads
+        "witness_rate": rate,
+        "probe_mean": hist.total / max(1, hist.count),
+        "witness_mean": wait / max(1, slices),
+    }
+
+
 def test_runqlat_rises_under_cpu_hogs_and_matches_schedstat(config, kernel):
-    """p95 rises with 2x-cores+1 busy processes; the probe's total wait per second matches the
-    kernel's own per-thread run_delay accounting (/proc/*/task/*/schedstat) summed over all
-    threads."""
+    """Two windows, without and with 2x-cores+1 extra busy processes, each under whatever else
+    the machine is doing. In both, the probe's total wait per second matches the kernel's own
+    per-thread run_delay accounting summed over all threads over the same window; the busy
+    window's rise is the witness's rise, and p95 rises with it."""
     require_tracepoint(kernel, "sched:sched_switch")
     ps = start(config, kernel, "runqlat")
     hogs = []
     try:
         ps.read_windows()
-        time.sleep(2)
-        idle = merge_histograms(ps.read_windows()["runqlat"].hists.values())
+        idle = _measure_runqlat(ps, 3)
         n = 2 * (os.cpu_count() or 1) + 1
-        code = "import time\nend=time.monotonic()+8\nwhile time.monotonic()<end: pass\n"
+        code = "import time\nend=time.monotonic()+10\nwhile time.monotonic()<end: pass\n"
         hogs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
         time.sleep(1)
-        # Walking /proc is slow under contention, so each side is timed by its own interval:
-        # the witness from the middle of one walk to the middle of the next.
-        ps.read_windows()
-        p0 = time.monotonic()
-        t0 = time.monotonic()
-        before = _all_run_delay_ns()
-        t1 = time.monotonic()
-        time.sleep(4)
-        t2 = time.monotonic()
-        after = _all_run_delay_ns()
-        t3 = time.monotonic()
-        win = ps.read_windows()
-        p1 = time.monotonic()
+        busy = _measure_runqlat(ps, 4)
     finally:
         for h in hogs:
             h.kill()
             h.wait()
         ps.close_all()
-    busy = merge_histograms(win["runqlat"].hists.values())
-    p95_idle = percentile(idle.layout, idle.counts, 0.95)
-    p95_busy = percentile(busy.layout, busy.counts, 0.95)
-    witness = sum(after[t] - before[t] for t in after if t in before)
-    probe_rate = busy.total / (p1 - p0)
-    witness_rate = witness / ((t2 + t3) / 2 - (t0 + t1) / 2)
-    print(f"runqlat p95 idle {p95_idle / 1e6:.3f}ms, with {n} hogs {p95_busy / 1e6:.3f}ms; "
-          f"run-queue wait per second: probe {probe_rate / 1e9:.3f}s/s, "
-          f"schedstat {witness_rate / 1e9:.3f}s/s")
-    assert p95_busy > 5 * p95_idle and p95_busy > 1e6, (p95_idle, p95_busy)  # ns
-    assert witness > 0
-    assert 0.85 <= probe_rate / witness_rate <= 1.15, (probe_rate, witness_rate)
+    for name, m in (("idle", idle), (f"{n} hogs", busy)):
+        print(f"runqlat {name}: p95 {m['p95'] / 1e6:.3f}ms; wait per second probe "
+              f"{m['probe_rate'] / 1e9:.4f}s/s, schedstat {m['witness_rate'] / 1e9:.4f}s/s; "
+              f"mean wait probe {m['probe_mean'] / 1e3:.1f}us, schedstat {m['witness_mean'] / 1e3:.1f}us")
+    # Idle, the two accountings differ by a few ms of waiting per second over the whole node
+    # (measured 0.5-2 ms/s: tasks that start or exit between the walks are not in the witness,
+    # and the probe starts at the wakeup, schedstat at the enqueue); 5 ms/s is 0.2 % of the busy
+    # window's figure.
+    assert idle["witness_rate"] > 0
+    assert abs(idle["probe_rate"] - idle["witness_rate"]) <= 0.15 * idle["witness_rate"] + 5e6, idle
+    assert 0.85 <= busy["probe_rate"] / busy["witness_rate"] <= 1.15, busy
+    # and waits as long per switch-in as schedstat's run_delay per timeslice
+    assert 0.8 <= busy["probe_mean"] / busy["witness_mean"] <= 1.25, busy
+    # the hogs added waiting by the witness's own account, and p95 rose with it
+    assert busy["witness_rate"] > 2 * idle["witness_rate"] + 1e8, (idle, busy)
+    assert busy["p95"] > idle["p95"] and busy["p95"] > 1e6, (idle["p95"], busy["p95"])  # ns
