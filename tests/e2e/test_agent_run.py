@@ -32,6 +32,23 @@ def scrape_value(text: str, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def consecutive_reports(prom) -> tuple[str, str]:
+    """Timestamps of two scrapes whose reports are consecutive (sequence N-1, then N) and whose
+    window N had RTT samples: the newest such pair Prometheus holds."""
+    (series,) = prom.query("ebpf_report_sequence[60s]")
+    samples = [(ts, int(float(v))) for ts, v in series["values"]]
+    first_at: dict[int, float] = {}
+    for ts, seq in samples:
+        first_at.setdefault(seq, ts)
+    for seq in sorted(first_at, reverse=True):
+        if seq - 1 in first_at:
+            ta, tb = f"{first_at[seq - 1]:.3f}", f"{first_at[seq]:.3f}"
+            p50 = prom.query(f"ebpf_rtt_p50_milliseconds @ {tb}")
+            if p50 and float(p50[0]["value"][1]) > 0:
+                return ta, tb
+    raise AssertionError(f"no two scrapes of consecutive reports with RTT samples: {samples}")
+
+
 def test_prometheus_scrapes_and_extender_gets_the_same_numbers():
     from tests.bpf.netlab import NetLab
 
@@ -51,11 +68,16 @@ def test_prometheus_scrapes_and_extender_gets_the_same_numbers():
                 assert prom.query(name), f"Prometheus has no {name}"
             assert prom.query('ebpf_drop_reason_rate{reason="NETFILTER_DROP"} > 0')
             assert prom.query('ebpf_probe_up == 1') and len(prom.query('ebpf_probe_up == 1')) == 4
-            # PromQL over the exported histogram agrees with the agent's own percentile (the
-            # exported buckets are 4 per power of two, so within one coarse bucket)
+            # PromQL over the exported histogram agrees with the agent's own percentile for the
+            # same window: two scrapes that carry reports N-1 and N; the difference of their
+            # cumulative buckets is exactly window N (the exported buckets are 4 per power of
+            # two, so within one coarse bucket of the agent's finer estimate)
+            ta, tb = consecutive_reports(prom)
             promql = float(prom.query(
-                "histogram_quantile(0.5, rate(ebpf_tcp_rtt_seconds_bucket[10s]))")[0]["value"][1])
-            agent_p50 = float(prom.query("avg_over_time(ebpf_rtt_p50_milliseconds[10s])")[0]["value"][1])
+                f"histogram_quantile(0.5, ebpf_tcp_rtt_seconds_bucket @ {tb} "
+                f"- ebpf_tcp_rtt_seconds_bucket @ {ta})")[0]["value"][1])
+            agent_p50 = float(prom.query(f"ebpf_rtt_p50_milliseconds @ {tb}")[0]["value"][1])
+            print(f"window ending at {tb}: PromQL p50 {promql * 1000:.2f} ms, agent {agent_p50:.2f} ms")
             assert abs(promql * 1000 - agent_p50) / agent_p50 < 0.25, (promql * 1000, agent_p50)
             rq = float(prom.query(
                 "histogram_quantile(0.95, rate(ebpf_runqlat_seconds_bucket[10s]))")[0]["value"][1])
