@@ -21,3 +21,17 @@ def kernel_fixture(prefix: str) -> Path:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def _interrupted(signum, _frame):
+    # SIGTERM's default action ends the process on the spot: no finally block, no fixture
+    # teardown, so network namespaces, cgroups and child processes (agents, Prometheus, traffic)
+    # would outlive the run. Raised as KeyboardInterrupt instead, the stack unwinds as on ^C.
+    raise KeyboardInterrupt(f"interrupted by signal {signum}")
+
+
+def pytest_configure(config):
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)

@@ -94,7 +94,7 @@ def test_busy_loop_cpu_matches_witnesses(lab):
           f"window {win.elapsed_seconds:.3f}s")
     assert win.cpu_cores == pytest.approx(direct_cores, rel=0.05)
     assert win.cpu_cores == pytest.approx(process_cores, rel=0.05)
-    assert 0.3 < win.cpu_cores <= 1.05  # one busy thread: at most one core
+    assert 0 < win.cpu_cores <= 1.05  # one busy thread: at most one core (how much it got is the witnesses')
     assert idle.cpu_cores == 0.0
     # this hierarchy has no memory controller here: not available, never zero
     s = r2.others[rel_busy]

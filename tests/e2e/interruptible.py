@@ -1,0 +1,34 @@
+"""Run only by tests/e2e/test_interruption.py (the name keeps pytest from collecting it): holds
+what a real-kernel test holds -- a network lab with a traffic process, a cgroup with a process
+in it, a running agent -- prints what it made, and waits to be interrupted."""
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.bpf.netlab import NetLab
+from tests.e2e.agent_proc import Agent
+from tests.e2e.test_agent_pods import Cgroups
+
+
+@pytest.fixture
+def lab():  # torn down by fixture teardown, as tests/bpf/conftest.py's is
+    with NetLab() as lab:
+        yield lab
+
+
+def test_hold_everything_until_interrupted(lab):
+    sink = lab.spawn(lab.b, "sink", lab.b.ip4, "5201", "120")
+    cg = Cgroups()
+    try:
+        path = cg.make(f"eea-interrupt-{os.getpid()}")
+        burst = cg.burst_in(path)
+        with Agent("--kubernetes", "off") as agent:
+            print("HOLDING " + json.dumps({
+                "netns": [lab.a.ns, lab.b.ns], "cgroup": str(path),
+                "pids": [sink.pid, burst.pid, agent.proc.pid]}), flush=True)
+            time.sleep(120)
+    finally:
+        cg.close()
