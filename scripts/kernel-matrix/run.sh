@@ -10,6 +10,11 @@
 # (BCC compiling a probe), single-threaded, but two guests at once on this 2-core machine were
 # slower, not faster: check-kernel took ~100 s per guest instead of 16 s (9p and CPU contention,
 # with other work on the host).
+#
+# KMATRIX_VNG=PATH boots with that vng instead of the one installed into the cache's venv (the
+# interruption test uses a stand-in). Interrupted (SIGTERM, SIGINT, SIGHUP) or finished, the
+# script stops every process it started, guests included: a QEMU guest under its own 900 s
+# timeout would otherwise go on using the CPUs for minutes after make was stopped.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +23,7 @@ CACHE=${KMATRIX_CACHE:-/var/lib/ebpf-edge-agent/kernel-matrix}  # not /var/cache
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VENV=$CACHE/vng-venv
 VNG_VERSION=${VNG_VERSION:-1.42}
+VNG=${KMATRIX_VNG:-$VENV/bin/vng}
 JOBS=${KMATRIX_JOBS:-1}
 RESULTS=$REPO/tests/kernels/results
 SUITES=("$@")
@@ -26,11 +32,50 @@ SUITES=("$@")
 log() { printf '[%(%H:%M:%S)T] kernel-matrix: %s\n' -1 "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
+
+# ---------------------------------------------------------------------------- cleanup
+descendants() {
+  local c
+  for c in $(pgrep -P "$1" 2>/dev/null || true); do
+    echo "$c"
+    descendants "$c"
+  done
+}
+
+# Every process below this script (boot subshells, timeout, vng, virtme-run, qemu, the host
+# run's pytest): TERM first, KILL what is left after 5 s. The list is taken before any signal,
+# so a child orphaned by its parent's death is still on it.
+stop_children() {
+  local pids left i
+  pids=$(descendants $$)
+  [ -n "$pids" ] || return 0
+  log "stopping $(echo $pids | wc -w) process(es) this run started (guests included)"
+  kill -TERM $pids 2>/dev/null || true
+  for i in $(seq 50); do
+    left=""
+    for p in $pids; do kill -0 "$p" 2>/dev/null && left="$left $p"; done
+    [ -n "$left" ] || return 0
+    sleep 0.1
+  done
+  log "killing what did not stop:$left"
+  kill -KILL $left $(descendants $$) 2>/dev/null || true
+  for i in $(seq 20); do  # until the kernel has delivered it: gone when this script ends
+    pids=""
+    for p in $left; do [ -d "/proc/$p" ] && [ "$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null)" != Z ] && pids="$pids $p"; done
+    [ -n "$pids" ] || return 0
+    sleep 0.1
+  done
+}
+trap stop_children EXIT
+trap 'log "interrupted (SIGTERM)"; exit 143' TERM
+trap 'log "interrupted (SIGINT)"; exit 130' INT
+trap 'log "interrupted (SIGHUP)"; exit 129' HUP
 mkdir -p "$CACHE" "$RESULTS"
 
 # ---------------------------------------------------------------------------- tools
 ensure_tools() {
   local b missing=()
+  [ -z "${KMATRIX_VNG:-}" ] || return 0
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   # vng reads the kernel version with file/strings, regenerates modules.dep with depmod and
   # builds its initramfs with busybox (Debian kernels have 9p and virtio as modules)
@@ -154,7 +199,7 @@ boot_suite() {
   local t0=$SECONDS
   # vng runs virtme-run through the shell (venv bin on PATH); its exit status means nothing
   # (255 whatever the guest did): the guest writes its results and a DONE marker into $out.
-  PATH="$VENV/bin:$REPO/.venv/bin:$PATH" timeout 900 "$VENV/bin/vng" --run "$kimg" \
+  PATH="$VENV/bin:$REPO/.venv/bin:$PATH" timeout 900 "$VNG" --run "$kimg" \
       --disable-kvm --force-9p --memory 1G --cpus 2 -v --rwdir "$out" \
       --exec "sh $out/guest-run.sh $out $REPO $moddir" \
       > "$CACHE/$suite/boot.log" 2>&1 < /dev/null || true
@@ -187,7 +232,7 @@ run_one() {
 
 main() {
   local t0=$SECONDS rc=0 s ready=()
-  ensure_tools
+  case " ${SUITES[*]} " in *" bullseye "*|*" bookworm "*|*" trixie "*) ensure_tools ;; esac
   # downloads and unpacking first, one suite at a time (network, disk)
   for s in "${SUITES[@]}"; do
     case $s in

@@ -1,8 +1,9 @@
-"""A test run that is interrupted -- SIGTERM (a CI job cancelled, make killed), SIGINT (^C) or
-its own timeout -- still tears down its labs, cgroups and child processes."""
+"""Interrupted -- SIGTERM (a CI job cancelled, make killed), SIGINT (^C) or a timeout -- a test run
+still tears down its labs, cgroups and child processes, and the kernel matrix its guests."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,3 +62,56 @@ def test_interrupted_run_leaves_nothing_behind(how):
     assert not Path(held["cgroup"]).exists(), f"{how}: cgroup {held['cgroup']} left behind"
     left = [p for p in held["pids"] if _alive(p)]
     assert not left, f"{how}: processes {left} left running"
+
+
+FAKE_VNG = """#!/bin/bash
+# a guest that ignores SIGTERM, as a QEMU under its own timeout effectively did
+trap '' TERM
+sleep 300 &
+echo $! > "$KMATRIX_TEST_DIR/guest.pid"
+wait
+"""
+
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_interrupted_matrix_stops_its_guests(tmp_path, sig):
+    """run.sh interrupted while a guest runs: the guest (which ignores SIGTERM) is gone within
+    seconds, not left running under its 900 s timeout."""
+    if shutil.which("pgrep") is None:
+        pytest.skip("run.sh needs pgrep (procps)")
+    cache = tmp_path / "cache"
+    suite = cache / "bookworm"
+    (suite / "root" / "boot").mkdir(parents=True)
+    (suite / "root" / "boot" / "vmlinuz-6.1.0-test-amd64").write_text("")
+    (suite / "debs.list").write_text("/nonexistent.deb\n")  # "cached": no download, no unpack
+    shutil.copy(suite / "debs.list", suite / "root.stamp")
+    vng = tmp_path / "vng"
+    vng.write_text(FAKE_VNG)
+    vng.chmod(0o755)
+    env = dict(os.environ, KMATRIX_CACHE=str(cache), KMATRIX_VNG=str(vng),
+               KMATRIX_TEST_DIR=str(tmp_path), DEBIAN_MIRROR="http://127.0.0.1:9/debian")
+    proc = subprocess.Popen(["bash", str(REPO / "scripts/kernel-matrix/run.sh"), "bookworm"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pidfile = tmp_path / "guest.pid"
+    guest, out = None, ""
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        guest = int(pidfile.read_text())
+        assert _alive(guest)
+        t0 = time.monotonic()
+        proc.send_signal(getattr(signal, sig))
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if guest is not None and _alive(guest):
+            os.kill(guest, signal.SIGKILL)
+            pytest.fail(f"{sig}: the guest (pid {guest}) was left running:\n{out}")
+    assert proc.returncode != 0, out
+    assert "interrupted" in out and "stopping" in out, out
+    assert took < 15, (took, out)
