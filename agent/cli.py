@@ -11,7 +11,7 @@ import sys
 import threading
 
 from agent import __version__
-from agent.config import ConfigError, Config, load_config
+from agent.config import ConfigError, Config, load_config, service_links
 from agent.kernel import KernelInfo, detect, enable_bpf_stats
 
 log = logging.getLogger("agent")
@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
         return 2
     _setup_logging("debug" if args.verbose else config.log_level)
+    links = service_links(os.environ)
+    if links:
+        log.warning("ignoring %d Kubernetes service-link variable(s) under our prefix: %s (a "
+                    "Service whose name starts with ebpf-edge-agent; the DaemonSet sets "
+                    "enableServiceLinks: false to keep them out)", len(links), ", ".join(links))
     if args.command == "run":
         return cmd_run(args, config)
     if args.command == "check-kernel":

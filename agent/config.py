@@ -88,6 +88,8 @@ class Config:
     extender_url: str = ""  # empty: push off
     push_interval: float = 30.0
     push_timeout: float = 5.0
+    # /healthz is 200 this long after start without a report (BCC compiles every probe first)
+    startup_grace: float = 120.0
     extender_token_file: str = ""
     extender_ca_file: str = ""
     extender_tls_verify: bool = True
@@ -163,6 +165,7 @@ def validate(c: Config) -> None:
     _check_positive("sample_interval", c.sample_interval, 0.1, 3600)
     _check_positive("push_interval", c.push_interval, 1, 86400)
     _check_positive("push_timeout", c.push_timeout, 0.1, 300)
+    _check_positive("startup_grace", c.startup_grace, 1, 3600)
     if c.push_timeout >= c.push_interval:
         raise ConfigError("push_timeout", c.push_timeout,
                           f"less than push_interval ({c.push_interval:g}s)")
@@ -309,6 +312,43 @@ def _score_from(raw: Any, source: str) -> ScoreConfig:
     return ScoreConfig(**kw)
 
 
+# Kubernetes service links: for every Service of the pod's namespace the kubelet sets
+# <SVC>_SERVICE_HOST, <SVC>_SERVICE_PORT[_<PORTNAME>], <SVC>_PORT and <SVC>_PORT_<n>_<PROTO>[_PROTO|
+# _PORT|_ADDR] (SVC upper-cased, '-' -> '_'). A Service named ebpf-edge-agent[-...] puts them under
+# our prefix. Tolerated only when name *and* value have those shapes, so a typo still fails.
+_IP = r"(\d{1,3}(\.\d{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)"
+_PORT = r"\d{1,5}"
+_URL = rf"(tcp|udp|sctp)://({_IP}|\[{_IP}\]):{_PORT}"
+_SERVICE_LINK_SHAPES = (  # (name after the prefix, value)
+    (r"(.+_)?service_host", _IP),
+    (r"(.+_)?service_port(_[a-z0-9_]+)?", _PORT),
+    (r"(.+_)?port", _URL),
+    (r"(.+_)?port_\d{1,5}_(tcp|udp|sctp)", _URL),
+    (r"(.+_)?port_\d{1,5}_(tcp|udp|sctp)_proto", r"(tcp|udp|sctp)"),
+    (r"(.+_)?port_\d{1,5}_(tcp|udp|sctp)_port", _PORT),
+    (r"(.+_)?port_\d{1,5}_(tcp|udp|sctp)_addr", _IP),
+)
+
+
+def service_link_name(key: str) -> bool:
+    """Whether a config key (lower case, prefix removed) has the shape of a service link name."""
+    return any(re.fullmatch(n, key) for n, _ in _SERVICE_LINK_SHAPES)
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """An environment variable the kubelet made for a Service (name and value both fit)."""
+    if not name.startswith(ENV_PREFIX):
+        return False
+    key = name[len(ENV_PREFIX):].lower()
+    return any(re.fullmatch(n, key) and re.fullmatch(v, value.strip(), re.I)
+               for n, v in _SERVICE_LINK_SHAPES)
+
+
+def service_links(env: Mapping[str, str]) -> list[str]:
+    """Names of the service-link variables under our prefix, sorted (they are ignored)."""
+    return sorted(n for n, v in env.items() if is_service_link(n, v))
+
+
 def load_config(file: str | None = None, env: Mapping[str, str] | None = None,
                 flags: Mapping[str, Any] | None = None) -> Config:
     """Build the Config. ``flags`` holds only the flags given on the command line."""
@@ -338,7 +378,7 @@ def load_config(file: str | None = None, env: Mapping[str, str] | None = None,
             sources[k] = src
     env = os.environ if env is None else env
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or is_service_link(name, raw):
             continue
         k = name[len(ENV_PREFIX):].lower()
         if k not in _FIELDS or k == "score":

@@ -4,11 +4,16 @@ A probe whose start fails is ``down`` with the reason and is retried later with 
 backoff; a probe the kernel cannot support is ``unsupported`` (logged once, never retried);
 a probe that raises while being read goes ``down`` and is restarted by the same backoff. The
 others carry on in every case.
+
+Retries run on their own thread (:class:`ProbeRetrier`), never on the sampling thread: a
+recompile takes seconds, and a sampler waiting for it would look stuck to the liveness check.
+A lock guards each probe's state; ``start()`` itself runs outside it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
@@ -28,6 +33,7 @@ class _Slot:
     state: ProbeState
     prev: ProbeSnapshot | None = None
     started_at: float | None = None  # when the probe last attached (its counts begin there)
+    starting: bool = False  # a (re)start is running on another thread
     retry_at: float = 0.0
     retry_delay: float = RETRY_FIRST
     failures: int = 0
@@ -39,6 +45,8 @@ class ProbeSet:
         self._clock = clock
         self._retry_first = retry_first
         self._retry_max = retry_max
+        self._lock = threading.RLock()
+        self._closed = False
         self._slots = {
             p.name: _Slot(p, ProbeState(p.name, ProbeStateKind.DOWN, "not started"),
                           retry_delay=retry_first)
@@ -47,7 +55,8 @@ class ProbeSet:
 
     @property
     def states(self) -> dict[str, ProbeState]:
-        return {n: s.state for n, s in self._slots.items()}
+        with self._lock:
+            return {n: s.state for n, s in self._slots.items()}
 
     def probe(self, name: str) -> Probe:
         return self._slots[name].probe
@@ -56,32 +65,39 @@ class ProbeSet:
         return dict(getattr(probe, "detail", {}) or {})
 
     def _start(self, slot: _Slot) -> None:
+        """Start one probe; called without the lock (a compile takes seconds)."""
         p = slot.probe
         try:
             p.start()
         except ProbeUnsupported as e:
-            slot.state = ProbeState(p.name, ProbeStateKind.UNSUPPORTED, str(e), self._detail(p))
+            with self._lock:
+                slot.state = ProbeState(p.name, ProbeStateKind.UNSUPPORTED, str(e), self._detail(p))
             log.warning("probe %s unsupported on this kernel: %s", p.name, e)
             return
         except Exception as e:  # noqa: BLE001 - the guard: one probe never stops the rest
             self._fail(slot, f"start failed: {e}")
             return
-        slot.state = ProbeState(p.name, ProbeStateKind.UP, "", self._detail(p))
-        slot.retry_delay = self._retry_first
-        slot.prev = None
-        slot.started_at = self._clock()
+        with self._lock:
+            if self._closed:  # close_all ran while this start was compiling
+                p.close()
+                return
+            slot.prev = None
+            slot.started_at = self._clock()
+            slot.retry_delay = self._retry_first
+            slot.state = ProbeState(p.name, ProbeStateKind.UP, "", self._detail(p))
 
     def _fail(self, slot: _Slot, reason: str) -> None:
-        slot.failures += 1
-        slot.state = ProbeState(slot.probe.name, ProbeStateKind.DOWN, reason,
-                                self._detail(slot.probe))
-        slot.retry_at = self._clock() + slot.retry_delay
-        log.error("probe %s down: %s (retry in %.0fs)", slot.probe.name, reason, slot.retry_delay)
-        slot.retry_delay = min(slot.retry_delay * 2, self._retry_max)
-        try:
-            slot.probe.close()
-        except Exception as e:  # noqa: BLE001
-            log.debug("probe %s: close after failure: %s", slot.probe.name, e)
+        with self._lock:
+            slot.failures += 1
+            slot.state = ProbeState(slot.probe.name, ProbeStateKind.DOWN, reason,
+                                    self._detail(slot.probe))
+            slot.retry_at = self._clock() + slot.retry_delay
+            log.error("probe %s down: %s (retry in %.0fs)", slot.probe.name, reason, slot.retry_delay)
+            slot.retry_delay = min(slot.retry_delay * 2, self._retry_max)
+            try:
+                slot.probe.close()
+            except Exception as e:  # noqa: BLE001
+                log.debug("probe %s: close after failure: %s", slot.probe.name, e)
 
     def start_all(self) -> dict[str, ProbeState]:
         for slot in self._slots.values():
@@ -91,17 +107,24 @@ class ProbeSet:
     def retry_due(self) -> None:
         """Restart probes that are down and whose backoff has expired."""
         now = self._clock()
-        for slot in self._slots.values():
-            if slot.state.state is ProbeStateKind.DOWN and now >= slot.retry_at:
-                log.info("probe %s: retrying start", slot.probe.name)
+        with self._lock:
+            due = [s for s in self._slots.values() if s.state.state is ProbeStateKind.DOWN
+                   and now >= s.retry_at and not s.starting]
+            for slot in due:
+                slot.starting = True
+        for slot in due:
+            log.info("probe %s: retrying start", slot.probe.name)
+            try:
                 self._start(slot)
+            finally:
+                slot.starting = False
 
     def read_all(self) -> dict[str, ProbeSnapshot]:
         """Cumulative snapshots of every probe that is up; a failing read takes only that probe down."""
         out = {}
-        for name, slot in self._slots.items():
-            if slot.state.state is not ProbeStateKind.UP:
-                continue
+        with self._lock:
+            up = [(n, s) for n, s in self._slots.items() if s.state.state is ProbeStateKind.UP]
+        for name, slot in up:  # an up probe is never restarted meanwhile: only down ones are
             try:
                 out[name] = slot.probe.read()
             except Exception as e:  # noqa: BLE001
@@ -145,8 +168,36 @@ class ProbeSet:
         return out
 
     def close_all(self) -> None:
+        """Close every probe; one whose start is still running on the retry thread is closed
+        as soon as that start returns."""
+        with self._lock:
+            self._closed = True
         for slot in self._slots.values():
             try:
                 slot.probe.close()
             except Exception as e:  # noqa: BLE001
                 log.warning("probe %s: close failed: %s", slot.probe.name, e)
+
+
+class ProbeRetrier:
+    """Retries probes that are down, on its own thread, every ``period`` seconds."""
+
+    def __init__(self, probes: ProbeSet, stop: threading.Event, period: float = 1.0) -> None:
+        self.probes = probes
+        self.stop = stop
+        self.period = period
+        self.thread = threading.Thread(target=self._run, name="probe-retry", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period):
+            try:
+                self.probes.retry_due()
+            except Exception:  # noqa: BLE001 - a bug here must not end the retries
+                log.exception("probe retry failed")

@@ -20,7 +20,7 @@ class Server:
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
                  latest: Callable[[], NodeReport | None],
                  payload: Callable[[], dict | None],
-                 states: Callable[[], dict[str, ProbeState]]) -> None:
+                 states: Callable[[], dict[str, ProbeState]], liveness) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,7 +46,9 @@ class Server:
                     if path == "/metrics":
                         self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                     elif path == "/healthz":
-                        self._send(200, b"ok\n", "text/plain; charset=utf-8")
+                        ok, why = outer.liveness.health()
+                        self._send(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode(),
+                                   "text/plain; charset=utf-8")
                     elif path == "/readyz":
                         code, body = outer.readiness()
                         self._send(code, body.encode(), "text/plain; charset=utf-8")
@@ -72,6 +74,7 @@ class Server:
         self.latest = latest
         self.payload = payload
         self.states = states
+        self.liveness = liveness  # .health() and .ready(): (ok, why)
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -84,8 +87,8 @@ class Server:
     def readiness(self) -> tuple[int, str]:
         lines = []
         r = self.latest()
-        ready = r is not None
-        lines.append("ready" if ready else "not ready: no full window collected yet")
+        ready, why = self.liveness.ready()
+        lines.append(f"ready: {why}" if ready else f"not ready: {why}")
         if r is not None:
             lines.append(f"report sequence={r.sequence} window={r.window_seconds}s at {r.timestamp}")
         for name, st in sorted(self.states().items()):

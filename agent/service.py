@@ -23,7 +23,7 @@ from agent.procfs import (CpuTimes, cpu_utilization, parse_meminfo, parse_proc_s
                           read_netns_tcp, tcp_window)
 from agent.report import build_report
 from agent.kernel import KernelInfo, detect
-from agent.sampler import ProbeSet
+from agent.sampler import ProbeRetrier, ProbeSet
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,26 @@ class NoPods:
 
 
 class ReportBox:
-    """The latest report and its payload, swapped atomically."""
+    """The latest report and its payload, swapped atomically, and when it was published."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._report: NodeReport | None = None
         self._payload: dict | None = None
+        self._published_at: float | None = None
 
     def publish(self, r: NodeReport) -> dict:
         payload = build_payload(r)
         with self._lock:
             self._report, self._payload = r, payload
+            self._published_at = self._clock()
         return payload
+
+    def age(self) -> float | None:
+        """Seconds since the newest report was published; None before the first."""
+        with self._lock:
+            return None if self._published_at is None else self._clock() - self._published_at
 
     def report(self) -> NodeReport | None:
         with self._lock:
@@ -65,6 +73,47 @@ class ReportBox:
     def payload(self) -> dict | None:
         with self._lock:
             return self._payload
+
+
+class Liveness:
+    """The agent is alive while it keeps publishing reports.
+
+    Healthy: during the start-up grace period before the first report, then while the newest
+    report is younger than 3 x ``sample_interval``. Ready: a report exists and is that fresh.
+    A sampler that stalls (a reader hung on a filesystem, a deadlock) turns both to 503, so the
+    kubelet restarts the pod instead of serving the last numbers forever."""
+
+    def __init__(self, box: ReportBox, sample_interval: float, startup_grace: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.box = box
+        self.max_age = 3 * sample_interval
+        self.grace = startup_grace
+        self.clock = clock
+        self.started_at = clock()
+
+    def _fresh(self) -> tuple[bool | None, str]:
+        age = self.box.age()
+        if age is None:
+            return None, "no report yet"
+        if age <= self.max_age:
+            return True, f"newest report {age:.1f}s old"
+        return False, (f"newest report {age:.1f}s old, stale after {self.max_age:g}s "
+                       "(3 x sample_interval): the sampler is not publishing")
+
+    def health(self) -> tuple[bool, str]:
+        fresh, why = self._fresh()
+        if fresh is None:
+            up = self.clock() - self.started_at
+            if up <= self.grace:
+                return True, f"starting: {up:.0f}s of the {self.grace:g}s start-up grace, no report yet"
+            return False, f"no report {up:.0f}s after start (start-up grace {self.grace:g}s)"
+        return fresh, why
+
+    def ready(self) -> tuple[bool, str]:
+        fresh, why = self._fresh()
+        if fresh is None:
+            return False, "no full window collected yet"
+        return fresh, why
 
 
 class Sampler:
@@ -106,8 +155,7 @@ class Sampler:
 
     def tick(self) -> NodeReport:
         t0 = self.clock()
-        self.probes.retry_due()
-        windows = self.probes.read_windows()
+        windows = self.probes.read_windows()  # retries run on the ProbeRetrier's thread
         t_read = self.clock()  # the report's window: from one probe read to the next
         proc = self.config.proc_root
         cpu = self._guard("proc_stat", lambda: parse_proc_stat((proc / "stat").read_text()))
@@ -210,6 +258,7 @@ def run_agent(config: Config, stop: threading.Event) -> int:
     from agent.server import Server
 
     box = ReportBox()
+    liveness = Liveness(box, config.sample_interval, config.startup_grace)
     holder: dict = {}
 
     def states():
@@ -219,7 +268,7 @@ def run_agent(config: Config, stop: threading.Event) -> int:
     # bind the port before loading any BPF: an unusable port is a config error (exit 2)
     try:
         server = Server(config.listen_host, config.listen_port, registry=None, latest=box.report,
-                        payload=box.payload, states=states)
+                        payload=box.payload, states=states, liveness=liveness)
     except OSError as e:
         print(f"ebpf-edge-agent: invalid configuration: listen: {config.listen!r} cannot be bound "
               f"({e.strerror or e}); choose a free HOST:PORT", file=sys.stderr)
@@ -250,6 +299,7 @@ def run_agent(config: Config, stop: threading.Event) -> int:
 
     probes = ProbeSet(build_probes(config, detect_kernel(config)))
     holder["probes"] = probes
+    retrier = ProbeRetrier(probes, stop)
     try:
         st = probes.start_all()
         bad = {n: s for n, s in st.items() if s.state.value != "up"}
@@ -266,6 +316,7 @@ def run_agent(config: Config, stop: threading.Event) -> int:
         sampler = Sampler(config, probes, pod_source)
         holder["sampler"] = sampler
         sampler.start()
+        retrier.start()
         if pusher:
             pusher.start()
         interval = config.sample_interval
@@ -289,6 +340,7 @@ def run_agent(config: Config, stop: threading.Event) -> int:
         server.stop()
         if pusher:
             pusher.stop(timeout=1.0)
+        retrier.join(timeout=1.0)
         probes.close_all()
         pod_source.stop()
         log.info("stopped in %.2fs (probes detached)", time.monotonic() - t0)

@@ -18,7 +18,7 @@ from agent.config import Config
 from agent.model import Histogram, NodeResources, PodSample, ProbeSnapshot, ProbeState, ProbeStateKind
 from agent.report import build_report
 from agent.server import Server
-from agent.service import ReportBox, make_registry
+from agent.service import Liveness, ReportBox, make_registry
 from agent.stats.histogram import SlotLayout
 
 RTT = SlotLayout(5, 21)
@@ -64,7 +64,8 @@ def measure(npods: int, scrapes: int) -> dict:
     build_cpu_ms = (time.process_time() - cpu0) / n * 1000
     box = ReportBox()
     box.publish(report)
-    srv = Server("127.0.0.1", 0, make_registry(box, []), box.report, box.payload, lambda: states)
+    srv = Server("127.0.0.1", 0, make_registry(box, []), box.report, box.payload, lambda: states,
+                 Liveness(box, sample_interval=10, startup_grace=120))
     srv.start()
     lat = []
     body = b""

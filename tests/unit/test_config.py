@@ -138,3 +138,67 @@ def test_example_config_documents_the_defaults():
     ex = Path(__file__).resolve().parents[2] / "config" / "agent.example.yaml"
     c = load_config(str(ex), {}, {})
     assert c == Config(), "config/agent.example.yaml drifted from the defaults in agent/config.py"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes service links: what the kubelet puts into every pod of the namespace (unless the pod
+# sets enableServiceLinks: false), spelled exactly as kubelet's envvars.FromServices makes them
+
+
+def kubelet_service_links(name: str, ip: str, ports: list[tuple[str, int, str]]) -> dict[str, str]:
+    svc = name.upper().replace("-", "_")
+    env = {f"{svc}_SERVICE_HOST": ip, f"{svc}_SERVICE_PORT": str(ports[0][1])}
+    for pname, port, proto in ports:
+        if pname:
+            env[f"{svc}_SERVICE_PORT_{pname.upper().replace('-', '_')}"] = str(port)
+    first = ports[0]
+    env[f"{svc}_PORT"] = f"{first[2].lower()}://{ip}:{first[1]}"
+    for _, port, proto in ports:
+        base = f"{svc}_PORT_{port}_{proto.upper()}"
+        env[base] = f"{proto.lower()}://{ip}:{port}"
+        env[base + "_PROTO"] = proto.lower()
+        env[base + "_PORT"] = str(port)
+        env[base + "_ADDR"] = ip
+    return env
+
+
+SERVICE_LINKS = {
+    **kubelet_service_links("ebpf-edge-agent", "10.96.0.12",
+                            [("metrics", 9810, "TCP"), ("report", 9811, "TCP")]),
+    **kubelet_service_links("ebpf-edge-agent-extender", "10.96.7.3", [("http", 8888, "TCP")]),
+    **kubelet_service_links("ebpf-edge-agent-v6", "fd00:10:96::7", [("", 53, "UDP")]),
+}
+
+
+def test_kubelet_service_links_are_ignored_and_real_keys_still_apply():
+    assert "EBPF_EDGE_AGENT_EXTENDER_SERVICE_PORT" in SERVICE_LINKS  # the crash loop on main
+    assert "EBPF_EDGE_AGENT_PORT_9811_TCP_ADDR" in SERVICE_LINKS
+    env = dict(SERVICE_LINKS, EBPF_EDGE_AGENT_SAMPLE_INTERVAL="5")
+    c = load_config(None, env, {})
+    assert c.sample_interval == 5.0 and c == Config(sample_interval=5.0)
+
+
+def test_a_typo_under_the_prefix_still_fails_with_its_name():
+    with pytest.raises(ConfigError, match="extender_urll: unknown key.*did you mean 'extender_url'"):
+        load_config(None, dict(SERVICE_LINKS, EBPF_EDGE_AGENT_EXTENDER_URLL="http://x:1"), {})
+
+
+@pytest.mark.parametrize("name,value", [
+    ("EBPF_EDGE_AGENT_EXTENDER_SERVICE_PORT", "http"),  # the name of a link, not its value
+    ("EBPF_EDGE_AGENT_EXTENDER_SERVICE_HOST", "extender.example"),
+    ("EBPF_EDGE_AGENT_PORT", "9810"),  # <SVC>_PORT is a URL, never a bare port
+    ("EBPF_EDGE_AGENT_SERVICE_PORTS", "9810"),
+])
+def test_only_the_kubelets_exact_shapes_are_tolerated(name, value):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(None, {name: value}, {})
+
+
+def test_no_config_key_has_the_shape_of_a_service_link():
+    """A future key such as extender_service_port would be silently swallowed: never allowed."""
+    from agent.config import service_link_name
+
+    assert service_link_name("extender_service_port")  # the predicate is live
+    bad = [k for k in Config.__dataclass_fields__ if service_link_name(k)]
+    assert not bad, f"config keys shaped like Kubernetes service links: {bad}"
+

@@ -10,7 +10,7 @@ from agent.config import Config
 from agent.model import Histogram, ProbeSnapshot
 from agent.sampler import ProbeSet
 from agent.server import Server
-from agent.service import ReportBox, Sampler, make_registry
+from agent.service import Liveness, ReportBox, Sampler, make_registry
 from agent.stats.histogram import SlotLayout
 
 L = SlotLayout(5, 21)
@@ -61,7 +61,8 @@ def service():
     sampler = Sampler(Config(), probes)
     box = ReportBox()
     reg = make_registry(box, [sampler.metrics])
-    srv = Server("127.0.0.1", 0, reg, box.report, box.payload, lambda: probes.states)
+    srv = Server("127.0.0.1", 0, reg, box.report, box.payload, lambda: probes.states,
+                 Liveness(box, sample_interval=10, startup_grace=120))
     srv.start()
     yield sampler, box, srv
     srv.stop()
@@ -71,7 +72,8 @@ def test_not_ready_before_the_first_window(service):
     sampler, box, srv = service
     code, body = get(f"http://127.0.0.1:{srv.port}/readyz")
     assert code == 503 and "no full window" in body
-    assert get(f"http://127.0.0.1:{srv.port}/healthz") == (200, "ok\n")
+    code, body = get(f"http://127.0.0.1:{srv.port}/healthz")
+    assert code == 200 and body.startswith("ok: starting")
     assert get(f"http://127.0.0.1:{srv.port}/report")[0] == 503
 
 
