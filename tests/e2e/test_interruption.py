@@ -19,6 +19,12 @@ if os.geteuid() != 0:
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _as_from_a_terminal() -> None:
+    # a job started in the background by a non-interactive shell (nohup, CI runners) inherits
+    # SIGINT ignored, and neither Python nor bash can then catch it; a terminal's ^C is not
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -34,7 +40,7 @@ def test_interrupted_run_leaves_nothing_behind(how):
     if how == "timeout":
         args += ["-o", "timeout=8"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=_as_from_a_terminal)
     held = None
     try:
         deadline = time.monotonic() + 60
@@ -51,17 +57,37 @@ def test_interrupted_run_leaves_nothing_behind(how):
         if how != "timeout":
             proc.send_signal(getattr(signal, how))
         out, _ = proc.communicate(timeout=60)
-    finally:
+        print(out[-1500:])
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for ns in held["netns"]:
+            assert ns not in netns, f"{how}: network namespace {ns} left behind"
+        assert not Path(held["cgroup"]).exists(), f"{how}: cgroup {held['cgroup']} left behind"
+        left = [p for p in held["pids"] if _alive(p)]
+        assert not left, f"{how}: processes {left} left running"
+    finally:  # whatever failed, this test itself leaves nothing behind either
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    print(out[-1500:])
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for ns in held["netns"]:
-        assert ns not in netns, f"{how}: network namespace {ns} left behind"
-    assert not Path(held["cgroup"]).exists(), f"{how}: cgroup {held['cgroup']} left behind"
-    left = [p for p in held["pids"] if _alive(p)]
-    assert not left, f"{how}: processes {left} left running"
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if held:
+            for p in held["pids"]:
+                if _alive(p):
+                    os.kill(p, signal.SIGKILL)
+            for ns in held["netns"]:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            cg = Path(held["cgroup"])
+            for _ in range(50):
+                if not cg.exists():
+                    break
+                try:
+                    for p in (cg / "cgroup.procs").read_text().split():
+                        os.kill(int(p), signal.SIGKILL)
+                    cg.rmdir()
+                except OSError:
+                    time.sleep(0.1)
 
 
 FAKE_VNG = """#!/bin/bash
@@ -92,7 +118,8 @@ def test_interrupted_matrix_stops_its_guests(tmp_path, sig):
     env = dict(os.environ, KMATRIX_CACHE=str(cache), KMATRIX_VNG=str(vng),
                KMATRIX_TEST_DIR=str(tmp_path), DEBIAN_MIRROR="http://127.0.0.1:9/debian")
     proc = subprocess.Popen(["bash", str(REPO / "scripts/kernel-matrix/run.sh"), "bookworm"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_as_from_a_terminal)
     pidfile = tmp_path / "guest.pid"
     guest, out = None, ""
     try:
