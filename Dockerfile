@@ -3,13 +3,16 @@
 #   make image        (podman, see scripts/image.sh and docs/deploy.md)
 #   docker build -t ebpf-edge-agent .   works the same where Docker is available
 #
-# At run time the container needs, from the host (manifests/daemonset.yaml does all of this):
-#   /lib/modules and /usr/src read-only at the same paths  kernel headers for BCC's compile
-#                                                          (build/source links are absolute)
-#   /sys/kernel/tracing (and /sys/kernel/debug)            tracepoint ids and format files
-#   /proc at /host/proc, /sys/fs/cgroup at /host/sys/fs/cgroup   every netns and every pod
+# At run time the container needs, from the host (manifests/base/daemonset.yaml does all this):
+#   the host's / read-only at /host      its /proc (every netns, every pod's processes), its
+#                                        cgroup tree, and the kernel headers: /lib/modules and
+#                                        /usr/src in the image are links into /host, so the
+#                                        headers' absolute build/source links resolve there
+#   the host's /sys/kernel at /sys/kernel  tracefs (at tracing/ or debug/tracing/) and BTF
 #   CAP_BPF, CAP_PERFMON (kernel >= 5.8; CAP_SYS_ADMIN before), see the DaemonSet for the rest
 #   a writable /tmp (the root filesystem can be read-only)
+# A host without headers or tracefs still runs the container: the probes are reported down or
+# unsupported with the reason (nothing is created on the host).
 FROM docker.io/library/debian:bookworm-slim
 
 # python3-bpfcc is BCC from Debian (libbcc + clang/LLVM it compiles with). The PyPI package
@@ -40,6 +43,12 @@ RUN PIP_CERT="${PIP_CERT}" "$VENV/bin/pip" install --no-cache-dir --disable-pip-
  && rm -rf /src \
  && "$VENV/bin/python" -m compileall -q "$VENV/lib" /usr/lib/python3/dist-packages/bcc
 
+# Kernel headers come from the host: /lib/modules/<release>/build points (absolutely) into
+# /usr/src, so both lead into the host's root mounted at /host.
+RUN rm -rf /usr/src /lib/modules \
+ && ln -s /host/usr/src /usr/src \
+ && ln -s /host/lib/modules /lib/modules
+
 # The BPF C sources: the agent installed from a wheel does not carry them, so point bpf_dir here.
 COPY bpf /opt/ebpf-edge-agent/bpf
 ENV EBPF_EDGE_AGENT_BPF_DIR=/opt/ebpf-edge-agent/bpf \
@@ -54,4 +63,7 @@ EXPOSE 9810
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["/opt/ebpf-edge-agent/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"]
 
-ENTRYPOINT ["/opt/ebpf-edge-agent/venv/bin/ebpf-edge-agent", "run"]
+# The program is the entrypoint and `run` its default argument: `podman run IMAGE check-kernel`
+# runs another command; the DaemonSet's args start with "run" (they replace this CMD).
+ENTRYPOINT ["/opt/ebpf-edge-agent/venv/bin/ebpf-edge-agent"]
+CMD ["run"]

@@ -47,12 +47,18 @@ IMAGE ?= localhost/ebpf-edge-agent:dev
 image:
 	IMAGE=$(IMAGE) ./scripts/image.sh build
 
-# apply / remove the rendered manifests on the cluster kubectl points at
-deploy:
-	kubectl apply -k manifests/
+# apply / remove the rendered manifests on the cluster kubectl points at (docs/deploy.md).
+# KUSTOMIZATION=manifests/overlays/capacity for the capacity overlay.
+KUSTOMIZATION ?= manifests/
 
+deploy:
+	kubectl apply -k manifests/namespace
+	kubectl apply -k $(KUSTOMIZATION)
+
+# the agent's objects, older generated ConfigMaps and an advertised extended resource; never
+# the namespace
 undeploy:
-	kubectl delete -k manifests/ --ignore-not-found
+	KUSTOMIZATION=$(KUSTOMIZATION) ./scripts/undeploy.sh
 
 # manifests, rules, PromQL in the lab and the image test (also part of make test; ~1 min)
 test-deploy: dev-setup

@@ -113,6 +113,10 @@ class ClusterPods:
         if root is None:
             log.warning("no cgroup v2 hierarchy found: per-pod CPU and memory unavailable "
                         "(set cgroup_root)")
+        elif not os.path.exists(os.path.join(root, "cgroup.procs")):
+            log.warning("cgroup_root %s is not a cgroup v2 hierarchy (missing on this node, or "
+                        "not mounted into the container): per-pod CPU and memory unavailable "
+                        "until it appears", root)
         else:
             standalone = isinstance(metadata, StandaloneMetadata)
             reader = CgroupReader(root, standalone_depth=config.standalone_cgroup_depth if standalone else 0)
