@@ -1,6 +1,7 @@
 """The image builds with podman (scripts/image.sh, as `make image` does) and the container,
-started with the DaemonSet's own capabilities, security context, mounts and config, loads every
-probe and serves /metrics with real events. The host's firewall rules and IP forwarding are the
+started with the DaemonSet's own args, capabilities, security context, mounts and config, loads
+every probe and serves /metrics with real events; on a "node" without headers it runs on and
+says why each probe is down. The host's firewall rules and IP forwarding are the
 same afterwards. (~1 min with the base cached; the first run debootstraps the base, ~40 s more.)"""
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def cgroup2_mount() -> str:
     pytest.skip("no cgroup v2 mount on this machine")
 
 
-def run_args(ds: dict, config_dir: Path, port: int) -> list[str]:
-    """podman run arguments equivalent to the DaemonSet's pod (network: host, loopback only)."""
+def run_args(ds: dict, config_dir: Path, port: int, host_paths: dict | None = None) -> list[str]:
+    """podman run arguments equivalent to the DaemonSet's pod (network: host, loopback only).
+    ``host_paths`` stands other directories in for host paths (a node that lacks things)."""
+    host_paths = host_paths or {}
     pod = ds["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     sc = c["securityContext"]
@@ -73,15 +76,19 @@ def run_args(ds: dict, config_dir: Path, port: int) -> list[str]:
     volumes = {v["name"]: v for v in pod["volumes"]}
     for m in c["volumeMounts"]:
         v = volumes[m["name"]]
-        ro = ":ro" if m.get("readOnly") else ""
+        opts = ["ro"] if m.get("readOnly") else []
+        if m.get("mountPropagation") == "HostToContainer":
+            opts.append("rslave")
+        opt = ":" + ",".join(opts) if opts else ""
         if "hostPath" in v:
-            args += ["-v", f"{v['hostPath']['path']}:{m['mountPath']}{ro}"]
+            src = host_paths.get(v["hostPath"]["path"], v["hostPath"]["path"])
+            args += ["-v", f"{src}:{m['mountPath']}{opt}"]
         elif "emptyDir" in v:
             args += ["--tmpfs", m["mountPath"]]
         elif "configMap" in v:
-            args += ["-v", f"{config_dir}:{m['mountPath']}{ro}"]
+            args += ["-v", f"{config_dir}:{m['mountPath']}{opt}"]
     # this machine is hybrid: cgroup v2 lives below the v1 tmpfs, not at /sys/fs/cgroup
-    v2 = cgroup2_mount().replace("/sys/fs/cgroup", "/host/sys/fs/cgroup", 1)
+    v2 = "/host" + cgroup2_mount()
     args += ["-e", "NODE_NAME=image-test", "-e", f"EBPF_EDGE_AGENT_LISTEN=127.0.0.1:{port}",
              "-e", "EBPF_EDGE_AGENT_SAMPLE_INTERVAL=2", "-e", f"EBPF_EDGE_AGENT_CGROUP_ROOT={v2}",
              "-e", f"HEALTHCHECK_URL=http://127.0.0.1:{port}/healthz"]
@@ -130,8 +137,12 @@ def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
         assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
         build_s = time.monotonic() - t0
         inspect = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
-        assert inspect["Config"]["Entrypoint"][-1] == "run"
-        assert inspect["Config"]["Entrypoint"][0].startswith("/opt/ebpf-edge-agent/venv/bin/")
+        # the program is the entrypoint, run its default argument: other commands work too
+        assert inspect["Config"]["Entrypoint"] == ["/opt/ebpf-edge-agent/venv/bin/ebpf-edge-agent"]
+        assert inspect["Config"]["Cmd"] == ["run"]
+        ck = podman("run", "--rm", "--network=none", IMAGE, "check-kernel", "--json", check=False)
+        assert ck.returncode in (0, 1) and json.loads(ck.stdout)["kernel"] == os.uname().release, (
+            ck.stdout[-2000:] + ck.stderr[-2000:])
         assert inspect.get("Healthcheck", {}).get("Test"), "HEALTHCHECK lost (image not docker format?)"
         # only the agent's own dependencies in the venv, and the distribution's bcc
         pkgs = podman("run", "--rm", "--network=none", "--entrypoint",
@@ -186,6 +197,26 @@ def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
         t_stop = time.monotonic()
         podman("stop", "-t", "10", name)
         stop_s = time.monotonic() - t_stop
+
+        # a node without kernel headers (or anything else under its /): the pod still starts,
+        # keeps running and says why each probe is down
+        bare = tmp_path / "bare-node"
+        bare.mkdir()
+        port2 = free_port()
+        podman("run", "-d", "--name", name + "-bare",
+               *run_args(ds, tmp_path, port2, host_paths={"/": str(bare)}))
+        body = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and body.count(": down (") < 4:
+            try:
+                code, body = http_get(f"http://127.0.0.1:{port2}/readyz", 2)
+            except OSError:
+                pass
+            time.sleep(0.5)
+        bare_logs = podman("logs", name + "-bare", check=False).stderr[-3000:]
+        assert body.count(": down (") == 4 and body.count("no kernel headers") == 4, body + bare_logs
+        assert podman("inspect", "-f", "{{.State.Running}}", name + "-bare").stdout.strip() == "true"
+        assert not any(bare.iterdir()), "the agent created something on the 'host'"
         size = inspect["Size"]
         print(f"\nimage {size / 1e6:.0f} MB, build {build_s:.0f} s, ready after {ready_s:.1f} s, "
               f"RSS {rss}, peak {hwm}, stop {stop_s:.1f} s")
@@ -195,5 +226,6 @@ def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
         sleeper.wait()
         subprocess.run(["ip", "netns", "del", netns], check=False)
         podman("rm", "-f", name, check=False)
+        podman("rm", "-f", name + "-bare", check=False)
         after = host_network_state()
         assert after == before, "podman changed the host's firewall or forwarding settings"

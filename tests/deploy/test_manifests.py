@@ -35,11 +35,11 @@ def by_kind(objs: list[dict], kind: str) -> list[dict]:
 def test_bundle_has_every_object():
     objs = render()
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+    assert kinds == sorted(["ResourceQuota", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                             "ConfigMap", "ConfigMap", "Service", "DaemonSet", "PrometheusRule",
                             "ServiceMonitor"])
     for o in objs:
-        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert o["metadata"]["namespace"] == "observability", o["metadata"]
 
 
@@ -98,7 +98,7 @@ def test_daemonset_least_privilege_and_wiring(bundle):
     assert res["requests"]["memory"] and res["limits"]["memory"]
     # every host path is mounted read-only
     host_vols = {v["name"] for v in pod["volumes"] if "hostPath" in v}
-    assert host_vols >= {"modules", "usr-src", "tracefs", "host-proc", "host-cgroup"}
+    assert host_vols == {"host-root", "host-sys-kernel"}
     for m in c["volumeMounts"]:
         if m["name"] in host_vols:
             assert m.get("readOnly") is True, m
@@ -116,11 +116,18 @@ def test_node_config_is_a_valid_agent_config(tmp_path):
     assert str(c.proc_root) == "/host/proc"
     assert str(c.cgroup_root) == "/host/sys/fs/cgroup"
     assert set(c.probes) == set(PROBE_NAMES)
-    # and the mounts the config points at exist in the DaemonSet
+    # tracefs from either of the host's paths
+    assert [str(p) for p in c.tracefs_roots] == ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+    # and every path the config points at lies in a mount of the DaemonSet (/lib/modules through
+    # the image's link into /host, see the Dockerfile)
     ds = by_kind(objs, "DaemonSet")[0]
-    paths = {m["mountPath"] for m in ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
-    assert {"/host/proc", "/host/sys/fs/cgroup", "/sys/kernel/tracing", "/lib/modules",
-            "/usr/src"} <= paths
+    mounts = [m["mountPath"] for m in ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]]
+    for path in [c.proc_root, c.cgroup_root, *c.tracefs_roots, c.btf_path, "/host/lib/modules",
+                 "/host/usr/src"]:
+        assert any(str(path).startswith(m.rstrip("/") + "/") for m in mounts), (path, mounts)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ln -s /host/lib/modules /lib/modules" in dockerfile
+    assert "ln -s /host/usr/src /usr/src" in dockerfile
 
 
 def test_rbac_reads_only_and_capacity_overlay_adds_node_status_patch():
@@ -162,3 +169,115 @@ def test_scheduler_config_is_prioritize_only_and_ignorable():
     (ext,) = doc["extenders"]
     assert ext["prioritizeVerb"] and ext["ignorable"] is True and ext["weight"] >= 1
     assert "filterVerb" not in ext and "bindVerb" not in ext and "preemptVerb" not in ext
+
+
+# ---------------------------------------------------------------------------------------------
+# day-one cluster failures: admission, host paths, args, uninstall (static: no API server here)
+
+# host paths that exist on every Linux node: a hostPath of type Directory on anything else
+# leaves the pod in ContainerCreating on the node that lacks it; an unset type lets the runtime
+# create it (a write to the host, and an error where /usr is read-only)
+ALWAYS_PRESENT = {"/", "/sys/kernel"}
+
+
+def _pod(objs):
+    return by_kind(objs, "DaemonSet")[0]["spec"]["template"]["spec"]
+
+
+def test_host_paths_never_block_the_pod_and_never_create_anything(bundle):
+    pod = _pod(bundle)
+    for v in pod["volumes"]:
+        hp = v.get("hostPath")
+        if hp is None:
+            continue
+        assert hp.get("type") == "Directory", v  # checks, creates nothing
+        assert hp["path"] in ALWAYS_PRESENT, v
+    (c,) = pod["containers"]
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    for m in c["volumeMounts"]:
+        if m["name"] in host:
+            assert m["readOnly"] is True and m["mountPropagation"] == "HostToContainer", m
+    # tracefs at either of its host paths, where BCC looks for it in the container
+    by_path = {m["mountPath"]: host[m["name"]] for m in c["volumeMounts"] if m["name"] in host}
+    for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        hits = [(mp, hp) for mp, hp in by_path.items() if tracefs.startswith(mp.rstrip("/") + "/")]
+        assert any(tracefs.replace(mp, hp.rstrip("/") or "/", 1) == tracefs for mp, hp in hits), (tracefs, by_path)
+
+
+def test_admission_selector_service_links_and_args(bundle):
+    pod = _pod(bundle)
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["enableServiceLinks"] is False
+    (c,) = pod["containers"]
+    # the image's entrypoint is the program: the args name the command
+    assert c["args"][:1] == ["run"] and "--config" in c["args"]
+    assert "command" not in c
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/opt/ebpf-edge-agent/venv/bin/ebpf-edge-agent"]' in dockerfile
+    assert 'CMD ["run"]' in dockerfile
+
+
+def test_priority_class_is_admitted_by_a_resourcequota_in_the_namespace(bundle):
+    pod = _pod(bundle)
+    ds_ns = by_kind(bundle, "DaemonSet")[0]["metadata"]["namespace"]
+    quotas = [q for q in by_kind(bundle, "ResourceQuota") if q["metadata"]["namespace"] == ds_ns]
+    scoped = [v for q in quotas for e in q["spec"]["scopeSelector"]["matchExpressions"]
+              if e["scopeName"] == "PriorityClass" and e["operator"] == "In" for v in e["values"]]
+    assert pod["priorityClassName"] in scoped
+    assert all(int(q["spec"]["hard"]["pods"]) >= 1000 for q in quotas)  # one pod per node
+
+
+def test_namespace_is_separate_and_allows_the_pod_at_privileged():
+    assert not by_kind(render(), "Namespace"), "manifests/ must not own the namespace"
+    assert not by_kind(render(MANIFESTS / "overlays" / "capacity"), "Namespace")
+    (ns,) = render(MANIFESTS / "namespace")
+    assert ns["kind"] == "Namespace" and ns["metadata"]["name"] == "observability"
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    text = (MANIFESTS / "namespace" / "namespace.yaml").read_text()
+    for reason in ("hostPath", "BPF and PERFMON", "Unconfined"):  # the three reasons, named
+        assert reason in text
+    assert "kubectl label namespace" in text
+
+
+def test_generated_config_carries_the_label_undeploy_selects():
+    cms = [o for o in by_kind(render(), "ConfigMap") if "agent.yaml" in o["data"]]
+    (cm,) = cms
+    labels = cm["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "ebpf-edge-agent"
+    assert labels["app.kubernetes.io/component"] == "agent-config"
+    script = (ROOT / "scripts" / "undeploy.sh").read_text()
+    assert "app.kubernetes.io/part-of=ebpf-edge-agent,app.kubernetes.io/component=agent-config" in script
+    # the dashboard ConfigMap is not a generation of the config: never selected
+    dash = next(o for o in by_kind(render(), "ConfigMap") if "ebpf-edge-agent.json" in o["data"])
+    assert "app.kubernetes.io/component" not in dash["metadata"]["labels"]
+
+
+FAKE_KUBECTL = """#!/bin/sh
+echo "$*" >> "$KUBECTL_LOG"
+case "$1 $2" in
+  "get nodes") printf '%s\n' \
+      'node-a {"cpu":"4","example.com/SLO":"10000000000","memory":"16Gi"}' \
+      'node-b {"cpu":"4","memory":"16Gi"}' \
+      'node-c {"cpu":"8","example.com/SLO":"25000000000"}' ;;
+esac
+"""
+
+
+def test_undeploy_removes_the_agent_old_configmaps_and_the_advertised_resource(tmp_path):
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL)
+    kubectl.chmod(0o755)
+    log = tmp_path / "calls"
+    env = {"PATH": "/usr/bin:/bin", "KUBECTL": str(kubectl), "KUBECTL_LOG": str(log)}
+    p = subprocess.run(["make", "-s", "-C", str(ROOT), "undeploy"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "delete -k manifests/ --ignore-not-found"
+    assert not any("namespace" in c.split()[:2] or "manifests/namespace" in c for c in calls), calls
+    assert ("delete configmap -n observability --ignore-not-found -l "
+            "app.kubernetes.io/part-of=ebpf-edge-agent,app.kubernetes.io/component=agent-config") in calls
+    patches = [c for c in calls if c.startswith("patch node")]
+    remove = '-p [{"op": "remove", "path": "/status/capacity/example.com~1SLO"}]'
+    assert patches == [f"patch node node-a --subresource=status --type=json {remove}",
+                       f"patch node node-c --subresource=status --type=json {remove}"]
