@@ -56,6 +56,18 @@ ENV EBPF_EDGE_AGENT_BPF_DIR=/opt/ebpf-edge-agent/bpf \
     PYTHONUNBUFFERED=1 \
     HEALTHCHECK_URL=http://127.0.0.1:9810/healthz
 
+# OCI labels; scripts/image.sh passes the version (agent/__init__.py) and the git revision.
+# Last, so a new revision does not invalidate the cached layers above.
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="ebpf-edge-agent" \
+      org.opencontainers.image.description="Per-node eBPF agent for a network-aware scheduler" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
 EXPOSE 9810
 # Kubernetes ignores HEALTHCHECK (the DaemonSet has its own probes); podman and Docker use it.
 # HEALTHCHECK_URL follows a changed listen address (not an EBPF_EDGE_AGENT_ variable: the agent

@@ -1,4 +1,8 @@
-"""Command line: wiring only."""
+"""ebpf-edge-agent: measures, from the running kernel, what a network-aware scheduler needs to
+know about each node (TCP RTT, retransmits, drop reasons, run-queue latency, per-pod CPU and
+memory), serves it to Prometheus and pushes it to a scheduler extender.
+
+This module is the command line: wiring only."""
 
 from __future__ import annotations
 
@@ -9,20 +13,58 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from agent import __version__
 from agent.config import ConfigError, Config, load_config, service_links
 from agent.kernel import KernelInfo, detect, enable_bpf_stats
+from agent.logs import setup_logging
 
 log = logging.getLogger("agent")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+DESCRIPTION = """\
+Measures, from the running kernel, what a network-aware scheduler needs to know about this
+node -- TCP smoothed RTT, retransmits, drop reasons, run-queue latency, per-pod CPU and memory
+-- serves it to Prometheus and pushes it to a scheduler extender."""
+
+EPILOG = """\
+commands, with an example each:
+  run            ebpf-edge-agent run --config /etc/ebpf-edge-agent/agent.yaml
+  check-kernel   ebpf-edge-agent check-kernel --require all    (a pre-flight for a rollout)
+  smoke-test     ebpf-edge-agent smoke-test --passive 30       (watches, makes no load)
+
+Every configuration key can also be set by an environment variable EBPF_EDGE_AGENT_<KEY>
+(upper case), e.g. EBPF_EDGE_AGENT_SAMPLE_INTERVAL=5; flags win over the environment, which
+wins over the --config file. Every key, its default and meaning: config/agent.example.yaml."""
+
+
+def _in_container() -> bool:
+    """Whether this runs in a container (a pod): the fix-it hints differ."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    return any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
+
+
+def _hint(problem: str, in_container: bool) -> str:
+    """How to fix ``problem`` where this runs: on a host, or in a pod (make dev-setup is wrong
+    there; the DaemonSet's volumes and grants are what matter)."""
+    host = {
+        "headers": "install linux-headers-$(uname -r), or run make dev-setup from a checkout",
+        "tracefs": "mount -t tracefs nodev /sys/kernel/tracing",
+        "bcc": "install the distribution's python3-bpfcc (never PyPI's bcc), or run make dev-setup",
+        "permission": "run as root, or with CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before 5.8)",
+    }
+    pod = {
+        "headers": "the node has no kernel headers at /lib/modules/$(uname -r)/build, or the "
+                   "host's / is not mounted at /host (the DaemonSet's host-root volume)",
+        "tracefs": "mount the host's /sys/kernel at /sys/kernel (host-sys-kernel volume) and "
+                   "mount tracefs on the node",
+        "bcc": "the image lacks python3-bpfcc: rebuild it from the Dockerfile",
+        "permission": "grant CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before 5.8) and "
+                      "seccompProfile Unconfined, as manifests/base/daemonset.yaml does",
+    }
+    return (pod if in_container else host)[problem]
 
 
 def _kernel(config: Config) -> KernelInfo:
@@ -39,27 +81,51 @@ def _make_probes(config: Config, kernel: KernelInfo):
 # check-kernel
 
 
-def _bcc_importable() -> tuple[bool, str]:
+def _bcc_importable(in_container: bool = False) -> tuple[bool, str]:
     try:
         import bcc  # noqa: F401  (the distribution's python3-bpfcc)
     except ImportError as e:
-        return False, f"no ({e}; install python3-bpfcc)"
+        return False, f"no ({e}; {_hint('bcc', in_container)})"
     return True, f"yes ({os.path.dirname(bcc.__file__)})"
 
 
-def check_kernel(config: Config) -> tuple[list[tuple[str, str]], bool, dict]:
-    """Lines (feature, finding), whether at least one probe can run, and the same as a dict."""
+def bcc_version() -> str:
+    try:
+        import bcc
+    except ImportError:
+        return "not importable"
+    return getattr(bcc, "__version__", "unknown")
+
+
+def version_text() -> str:
+    return (f"ebpf-edge-agent {__version__}\nbcc {bcc_version()}\n"
+            f"kernel {os.uname().release} ({os.uname().machine})")
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print the version, BCC's and the kernel's")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def check_kernel(config: Config) -> tuple[list[tuple[str, str]], dict[str, bool], dict]:
+    """Lines (feature, finding), whether each configured probe can run, and all as a dict."""
     from agent.probes.base import ProbeUnsupported
 
     k = _kernel(config)
-    bcc_ok, bcc_text = _bcc_importable()
+    where = _in_container()
+    bcc_ok, bcc_text = _bcc_importable(where)
     lines: list[tuple[str, str]] = [
         ("kernel", k.release),
-        ("tracefs", str(k.tracefs) if k.tracefs else "not mounted (mount -t tracefs nodev /sys/kernel/tracing)"),
+        ("tracefs", str(k.tracefs) if k.tracefs else f"not mounted ({_hint('tracefs', where)})"),
         ("btf", str(k.btf_path) if k.btf_path else "absent"),
         ("kernel headers", k.headers.describe()),
         ("bcc python module", bcc_text),
-        ("bpf permission", "yes" if k.bpf_permitted else f"no: {k.bpf_permission_detail}"),
+        ("bpf permission", "yes" if k.bpf_permitted else
+         f"no: {k.bpf_permission_detail} ({_hint('permission', where)})"),
         ("cgroup v2", ", ".join(k.cgroup2_mounts) or "not mounted"),
         ("kprobes", "yes" if k.kprobes else "no (not needed: every probe uses tracepoints)"),
         ("bpf_stats_enabled", {True: "on", False: "off", None: "unknown"}[k.bpf_stats_enabled]),
@@ -75,7 +141,7 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], bool, dict]:
         lines.append(("drop reasons", f"{len(k.drop_reasons.names)} names from {k.drop_reasons.source}"))
     elif kfree is not None:
         lines.append(("drop reasons", "no reason field on this kernel: drops counted as 'unknown'"))
-    runnable = 0
+    can_run: dict[str, bool] = {}
     probes = {}
     for probe in _make_probes(config, k):
         try:
@@ -89,10 +155,10 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], bool, dict]:
             if not k.bpf_permitted:
                 problems.append("no permission to load BPF")
             if k.headers.kind == "none":
-                problems.append(f"no kernel headers at {k.headers.path} (run make dev-setup)")
+                problems.append(f"no kernel headers at {k.headers.path} ({_hint('headers', where)})")
             ok = not problems
             verdict = "can run" if ok else "cannot run: " + "; ".join(problems)
-        runnable += ok
+        can_run[probe.name] = ok
         probes[probe.name] = {"can_run": ok, "detail": verdict}
         lines.append((f"probe {probe.name}", verdict))
     doc = {
@@ -100,14 +166,24 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], bool, dict]:
         "features": {name: text for name, text in lines if not name.startswith("probe ")},
         "probes": probes,
     }
-    return lines, runnable > 0, doc
+    return lines, can_run, doc
 
 
 def cmd_check_kernel(args: argparse.Namespace, config: Config) -> int:
-    lines, ok, doc = check_kernel(config)
+    lines, can_run, doc = check_kernel(config)
+    if args.require == "all":
+        ok = bool(can_run) and all(can_run.values())
+        verdict = ("every configured probe can run" if ok else "cannot run: " +
+                   ", ".join(n for n, v in can_run.items() if not v))
+    else:
+        ok = any(can_run.values())
+        verdict = "at least one probe can run" if ok else "no probe can run"
+    doc["require"] = args.require
+    doc["passed"] = ok
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
+        lines.append((f"require {args.require}", ("PASS: " if ok else "FAIL: ") + verdict))
         width = max(len(n) for n, _ in lines)
         for name, text in lines:
             print(f"{name:<{width}}  {text}")
@@ -125,10 +201,15 @@ def cmd_smoke_test(args: argparse.Namespace, config: Config) -> int:
     kernel = _kernel(config)
     probes = ProbeSet(_make_probes(config, kernel))
     stats_fd = enable_bpf_stats() if args.bpf_stats else None
+    passive = args.passive is not None
     try:
         probes.start_all()
         probes.read_windows()  # baseline: the smoke window starts now
-        load = smoke.generate_load()
+        if passive:  # the node's own traffic only: nothing is generated
+            time.sleep(args.passive)
+            load = {"passive_seconds": args.passive}
+        else:
+            load = smoke.generate_load()
         windows = probes.read_windows()
         costs = {}
         if stats_fd is not None:
@@ -138,16 +219,17 @@ def cmd_smoke_test(args: argparse.Namespace, config: Config) -> int:
                 runs = sum(c for _, c in st.values())
                 if runs:
                     costs[name] = sum(t for t, _ in st.values()) / runs
-        results = smoke.summarize(probes.states, windows, costs)
+        results = smoke.summarize(probes.states, windows, costs, passive=passive)
     finally:
         probes.close_all()
         if stats_fd is not None:
             os.close(stats_fd)
-    ok = smoke.passed(results)
+    ok = smoke.passed(results, passive=passive)
     if args.json:
         print(json.dumps({
             "agent_version": __version__,
             "kernel": kernel.release,
+            "mode": "passive" if passive else "active",
             "passed": ok,
             "load": load,
             "probes": {n: r.as_dict() for n, r in results.items()},
@@ -155,8 +237,12 @@ def cmd_smoke_test(args: argparse.Namespace, config: Config) -> int:
     else:
         print(f"kernel {kernel.release}; load: " + ", ".join(f"{k}={v}" for k, v in load.items()))
         print(smoke.render_table(results))
-        print("PASS: every supported probe attached and saw events" if ok else
-              "FAIL: a supported probe is down or saw no events (see DETAIL)")
+        if passive:
+            print("PASS: every supported probe attached and is readable (quiet: no events seen)"
+                  if ok else "FAIL: a supported probe is down (see DETAIL)")
+        else:
+            print("PASS: every supported probe attached and saw events" if ok else
+                  "FAIL: a supported probe is down or saw no events (see DETAIL)")
     return 0 if ok else 1
 
 
@@ -196,45 +282,89 @@ RUN_FLAGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ebpf-edge-agent", description=__doc__)
-    p.add_argument("--version", action="version", version=f"ebpf-edge-agent {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+def _positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds within 0..3600")
+    return v
 
-    run = sub.add_parser("run", help="run the agent: sample, serve, push (foreground)")
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    # options every command takes, before or after its name
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
+    common.add_argument("--log-format", dest="log_format", choices=("text", "json"),
+                        default=argparse.SUPPRESS,
+                        help="text (default) or json: one object per line (time, level, "
+                             "message, probe)")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="YAML config file")
+    common.add_argument("--probes", dest="probes", default=argparse.SUPPRESS,
+                        help="comma-separated probes (default: all)")
+
+    p = argparse.ArgumentParser(prog="ebpf-edge-agent", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=fmt, parents=[common])
+    p.add_argument("--version", action=_Version)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", parents=[common], formatter_class=fmt,
+        help="run the agent: sample, serve, push (foreground)",
+        description="Run the agent in the foreground: a report every sample_interval, served on "
+                    "/metrics /healthz /readyz /report and pushed to the extender.",
+        epilog="The flags cover the common keys. Every other key (roots, score weights, probe "
+               "map sizes, TLS, ...) is set in the --config file or by EBPF_EDGE_AGENT_<KEY>: "
+               "see config/agent.example.yaml for each key, its default and meaning.")
     for key, helptext in RUN_FLAGS.items():
         run.add_argument("--" + key.replace("_", "-"), dest=key, default=None, help=helptext)
     run.add_argument("--strict", dest="strict", action="store_const", const="true", default=None,
                      help="exit if any probe fails to start (for tests)")
 
-    ck = sub.add_parser("check-kernel", help="what this kernel supports, one line per feature")
+    ck = sub.add_parser(
+        "check-kernel", parents=[common], formatter_class=fmt,
+        help="what this kernel supports, one line per feature",
+        description="What this kernel and this environment support, one line per feature, and "
+                    "whether the configured probes can run. Loads nothing but a two-instruction "
+                    "test program.")
     ck.add_argument("--json", action="store_true", help="print one JSON document")
+    ck.add_argument("--require", choices=("any", "all"), default="any",
+                    help="exit 0 when any configured probe can run (default), or only when all "
+                         "can: the pre-flight for a rollout")
 
-    st = sub.add_parser("smoke-test", help="load every probe, make bounded loopback load, report")
+    st = sub.add_parser(
+        "smoke-test", parents=[common], formatter_class=fmt,
+        help="attach every probe and report what it saw",
+        description="Attach every probe and report what each saw. By default (active) it CREATES "
+                    "LOAD on this node for about three seconds: busy processes (two per CPU), "
+                    "loopback TCP transfers, connects to a closed port and a full SYN backlog. "
+                    "--passive SECONDS only watches the node's own traffic: the mode for a "
+                    "production node.")
     st.add_argument("--json", action="store_true", help="print one JSON document")
+    st.add_argument("--passive", type=_positive_seconds, default=None, metavar="SECONDS",
+                    help="make no load; watch for SECONDS. Passes when every supported probe "
+                         "attached and is readable; one that saw nothing is shown as quiet")
     st.add_argument("--bpf-stats", action="store_true",
                     help="measure each probe's kernel run time per event (BPF_ENABLE_STATS, "
                          "released when the test ends)")
-    for sp in (run, ck, st):
-        sp.add_argument("--config", default=None, help="YAML config file")
-        sp.add_argument("--probes", dest="probes", default=None,
-                        help="comma-separated probes (default: all)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    flags = {"probes": args.probes}
+    flags = {"probes": getattr(args, "probes", None), "log_format": getattr(args, "log_format", None)}
     if args.command == "run":
         flags.update({k: getattr(args, k) for k in RUN_FLAGS})
         flags["strict"] = args.strict
     try:
-        config = load_config(args.config, os.environ, flags)
+        config = load_config(getattr(args, "config", None), os.environ, flags)
     except ConfigError as e:
         print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
         return 2
-    _setup_logging("debug" if args.verbose else config.log_level)
+    setup_logging("debug" if getattr(args, "verbose", False) else config.log_level, config.log_format)
     links = service_links(os.environ)
     if links:
         log.warning("ignoring %d Kubernetes service-link variable(s) under our prefix: %s (a "

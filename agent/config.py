@@ -83,6 +83,7 @@ class Config:
     node_name: str = ""  # empty: $NODE_NAME (downward API), else the host name
     sample_interval: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line)
     strict: bool = False  # a probe failure is fatal (for tests)
     # extender push
     extender_url: str = ""  # empty: push off
@@ -171,6 +172,8 @@ def validate(c: Config) -> None:
                           f"less than push_interval ({c.push_interval:g}s)")
     if c.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", c.log_level, "one of debug, info, warning, error")
+    if c.log_format not in ("text", "json"):
+        raise ConfigError("log_format", c.log_format, "text or json")
     _check_url("extender_url", c.extender_url, "empty to turn push off")
     for key in ("extender_token_file", "extender_ca_file"):
         p = getattr(c, key)

@@ -72,7 +72,7 @@ class ProbeSet:
         except ProbeUnsupported as e:
             with self._lock:
                 slot.state = ProbeState(p.name, ProbeStateKind.UNSUPPORTED, str(e), self._detail(p))
-            log.warning("probe %s unsupported on this kernel: %s", p.name, e)
+            log.warning("probe %s unsupported on this kernel: %s", p.name, e, extra={"probe": p.name})
             return
         except Exception as e:  # noqa: BLE001 - the guard: one probe never stops the rest
             self._fail(slot, f"start failed: {e}")
@@ -92,7 +92,8 @@ class ProbeSet:
             slot.state = ProbeState(slot.probe.name, ProbeStateKind.DOWN, reason,
                                     self._detail(slot.probe))
             slot.retry_at = self._clock() + slot.retry_delay
-            log.error("probe %s down: %s (retry in %.0fs)", slot.probe.name, reason, slot.retry_delay)
+            log.error("probe %s down: %s (retry in %.0fs)", slot.probe.name, reason, slot.retry_delay,
+                      extra={"probe": slot.probe.name})
             slot.retry_delay = min(slot.retry_delay * 2, self._retry_max)
             try:
                 slot.probe.close()
@@ -113,7 +114,7 @@ class ProbeSet:
             for slot in due:
                 slot.starting = True
         for slot in due:
-            log.info("probe %s: retrying start", slot.probe.name)
+            log.info("probe %s: retrying start", slot.probe.name, extra={"probe": slot.probe.name})
             try:
                 self._start(slot)
             finally:
@@ -139,7 +140,8 @@ class ProbeSet:
             slot = self._slots[name]
             win, reset = window(slot.prev, snap)
             if reset:
-                log.warning("probe %s: counters went backwards; window restarted", name)
+                log.warning("probe %s: counters went backwards; window restarted", name,
+                            extra={"probe": name})
             elif slot.prev is None and win.since is None:
                 win = replace(win, since=slot.started_at)
             slot.prev = snap

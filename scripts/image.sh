@@ -62,9 +62,17 @@ build() {
     [ -r "$CA_BUNDLE" ] || die "no CA bundle at $CA_BUNDLE (set CA_BUNDLE)"
     say "building $IMAGE"
     start=$(date +%s)
+    version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/agent/__init__.py")
+    revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+    if [ "$revision" != unknown ] && [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then
+        revision="$revision-dirty"
+    fi
+    source=$(git -C "$ROOT" remote get-url origin 2>/dev/null || echo "${SOURCE_URL:-unknown}")
     podman build --format docker --network=host --pull=never \
         --volume "$CA_BUNDLE:/run/host-ca.crt:ro" \
         --build-arg PIP_CERT=/run/host-ca.crt \
+        --build-arg VERSION="$version" --build-arg REVISION="$revision" \
+        --build-arg SOURCE="$source" \
         -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
     say "built $IMAGE in $(( $(date +%s) - start )) s, $(podman image inspect --format '{{.Size}}' "$IMAGE") bytes"
 }

@@ -189,7 +189,8 @@ class BccProbe:
                     f"no kernel headers at {self.kernel.headers.path}")
             raise ProbeError(f"{err}" + (f": {detail}" if detail else ""))
         if diag.strip():
-            log.debug("probe %s: compiler output: %s", self.name, diag.strip())
+            log.debug("probe %s: compiler output: %s", self.name, diag.strip(),
+                      extra={"probe": self.name})
         try:
             self._check_contract(bpf)
         except ProbeError:
@@ -198,7 +199,7 @@ class BccProbe:
         self._bpf = bpf
         self.detail["load_seconds"] = f"{time.monotonic() - t0:.2f}"
         log.info("probe %s: loaded and attached to %s in %.2fs", self.name,
-                 ", ".join(self.attached()), time.monotonic() - t0)
+                 ", ".join(self.attached()), time.monotonic() - t0, extra={"probe": self.name})
 
     def attached(self) -> list[str]:
         return [tp for tp in self.required]

@@ -73,3 +73,60 @@ def test_check_kernel_command():
     for needle in ("tracefs", "btf", "kernel headers", "bpf permission", "cgroup v2",
                    "tracepoint tcp:tcp_probe", "probe runqlat"):
         assert needle in out.stdout
+
+
+def _tracefs_without(tmp_path, missing: str):
+    """A copy of the running kernel's tracepoint format files, one tracepoint left out: what a
+    kernel without it looks like to the agent."""
+    import shutil as sh
+    from pathlib import Path
+
+    src = next(p for p in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+               if (p / "events").is_dir())
+    root = tmp_path / "tracing"
+    for cat in ("sched", "skb", "tcp", "sock"):
+        for fmt in (src / "events" / cat).glob("*/format"):
+            if f"{cat}:{fmt.parent.name}" == missing:
+                continue
+            dst = root / "events" / cat / fmt.parent.name
+            dst.mkdir(parents=True)
+            sh.copyfile(fmt, dst / "format")
+            if (fmt.parent / "id").exists():
+                sh.copyfile(fmt.parent / "id", dst / "id")
+    return root
+
+
+@pytest.mark.parametrize("require,want_rc", [("any", 0), ("all", 1)])
+def test_check_kernel_require_all_fails_unless_every_probe_can_run(tmp_path, require, want_rc):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EBPF_EDGE_AGENT_")}
+    env["EBPF_EDGE_AGENT_TRACEFS_ROOTS"] = str(_tracefs_without(tmp_path, "sched:sched_switch"))
+    out = subprocess.run([str(VENV_BIN / "ebpf-edge-agent"), "check-kernel", "--json",
+                          "--require", require], env=env, capture_output=True, text=True, timeout=60)
+    doc = json.loads(out.stdout)
+    assert out.returncode == want_rc, (out.stdout, out.stderr)
+    assert doc["require"] == require and doc["passed"] is (want_rc == 0)
+    assert doc["probes"]["runqlat"]["can_run"] is False
+    assert "sched:sched_switch" in doc["probes"]["runqlat"]["detail"]
+    assert all(doc["probes"][p]["can_run"] for p in ("tcp_rtt", "tcp_retrans", "skb_drop"))
+
+
+def test_passive_smoke_test_makes_no_load_and_passes_when_every_probe_is_readable(
+        monkeypatch, capsys):
+    from agent import cli, smoke
+
+    def no_load(*a, **kw):
+        raise AssertionError("the passive smoke test generated load")
+
+    for fn in ("generate_load", "tcp_transfer", "closed_port_connects", "cpu_contention"):
+        monkeypatch.setattr(smoke, fn, no_load)
+    for k in [k for k in __import__("os").environ if k.startswith("EBPF_EDGE_AGENT_")]:
+        monkeypatch.delenv(k)
+    rc = cli.main(["smoke-test", "--passive", "1", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["passed"] is True and doc["mode"] == "passive", doc
+    assert doc["load"] == {"passive_seconds": 1.0}
+    for name, p in doc["probes"].items():
+        assert p["state"] == "up", (name, p)
+        assert p.get("quiet", False) is (p["events"] == 0), (name, p)

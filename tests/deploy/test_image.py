@@ -140,6 +140,15 @@ def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
         # the program is the entrypoint, run its default argument: other commands work too
         assert inspect["Config"]["Entrypoint"] == ["/opt/ebpf-edge-agent/venv/bin/ebpf-edge-agent"]
         assert inspect["Config"]["Cmd"] == ["run"]
+        from agent import __version__
+
+        labels = inspect["Config"]["Labels"]
+        assert labels["org.opencontainers.image.version"] == __version__
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        if head:
+            assert labels["org.opencontainers.image.revision"].startswith(head), labels
+        assert labels["org.opencontainers.image.source"] not in ("", None), labels
         ck = podman("run", "--rm", "--network=none", IMAGE, "check-kernel", "--json", check=False)
         assert ck.returncode in (0, 1) and json.loads(ck.stdout)["kernel"] == os.uname().release, (
             ck.stdout[-2000:] + ck.stderr[-2000:])
