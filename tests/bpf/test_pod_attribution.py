@@ -135,11 +135,16 @@ def test_pod_throughput_from_its_own_network_namespace(lab):
         def veth_tx():
             return int(lab.a.run("cat", f"/sys/class/net/{lab.a.dev}/statistics/tx_bytes").stdout)
 
+        # each read of the pod reader is bracketed by the witness, read before and after it:
+        # whatever the machine's load makes those reads take, the pod's bytes lie between the
+        # inner and the outer difference of the brackets
+        w0 = veth_tx()
         pods.pods()
-        tx0 = veth_tx()
+        w1 = veth_tx()
         time.sleep(3)
+        w2 = veth_tx()
         got = {p.pod: p for p in pods.pods()}
-        tx1 = veth_tx()
+        w3 = veth_tx()
     finally:
         if sleeper:
             sleeper.kill()
@@ -153,9 +158,9 @@ def test_pod_throughput_from_its_own_network_namespace(lab):
                 except OSError:
                     time.sleep(0.05)
     p, h = got[name], got[host_name]
-    witness = tx1 - tx0
-    print(f"pod tx {p.net_tx_bytes} bytes, veth counter {witness} bytes")
-    assert witness > 1_000_000
-    assert abs(p.net_tx_bytes - witness) / witness < 0.05
+    inner, outer = w2 - w1, w3 - w0
+    print(f"pod tx {p.net_tx_bytes} bytes, veth counter between {inner} and {outer} bytes")
+    assert inner > 1_000_000
+    assert inner <= p.net_tx_bytes <= outer
     assert p.net_rx_bytes > 0  # the ACKs
     assert h.net_tx_bytes is None and h.net_rx_bytes is None  # host network: not the pod's
