@@ -106,6 +106,10 @@ class Config:
     tenant_label: str = ""  # empty: the namespace is the tenant
     rtt_slo_annotation: str = "ebpf-edge-agent.io/rtt-slo-ms"
     default_rtt_slo_ms: float = 100.0
+    # /metrics series budget (the report and the push always carry every pod)
+    pod_series: bool = True  # per-pod series at all
+    max_exported_pods: int = 110  # the kubelet's default maxPods; the rest counted as overflow
+    export_buckets_per_octave: int = 4  # exported histogram resolution (the kernel's is finer)
     # probes
     probes: tuple[str, ...] = PROBE_NAMES
     max_addresses: int = 1024
@@ -205,6 +209,12 @@ def validate(c: Config) -> None:
     v = c.fast_addresses
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
         raise ConfigError("fast_addresses", v, "an integer within 1..4096")
+    v = c.max_exported_pods
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
+        raise ConfigError("max_exported_pods", v, "an integer within 0..100000")
+    v = c.export_buckets_per_octave
+    if isinstance(v, bool) or v not in (1, 2, 4, 8):  # hist_sub_bits >= 3: 8 slots per octave
+        raise ConfigError("export_buckets_per_octave", v, "1, 2, 4 or 8")
     _validate_score(c.score)
 
 

@@ -158,6 +158,12 @@ class PodSample:
     net_rx_bytes: int | None = None  # received over the window, the pod's network namespace
     net_tx_bytes: int | None = None  # sent over the window; None: host network or unknown
     net_seconds: float | None = None  # time between the two reads the byte counts come from
+    # cumulative counters as the kernel keeps them (Prometheus counters; reset when the pod's
+    # cgroup or network namespace is made anew)
+    cpu_seconds_total: float | None = None  # cpu.stat usage_usec
+    cpu_throttled_seconds_total: float | None = None  # cpu.stat throttled_usec
+    net_rx_bytes_total: int | None = None  # the pod's network namespace, all interfaces
+    net_tx_bytes_total: int | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,10 @@ class PodReport:
     net_rx_bytes: int | None = None
     net_tx_bytes: int | None = None
     net_seconds: float | None = None
+    cpu_seconds_total: float | None = None
+    cpu_throttled_seconds_total: float | None = None
+    net_rx_bytes_total: int | None = None
+    net_tx_bytes_total: int | None = None
 
 
 @dataclass(frozen=True)

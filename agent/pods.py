@@ -71,6 +71,7 @@ def join(reading, windows, view: KubeView, annotation: str) -> list[PodSample]:
             meta.cpu_limit_cores if meta else None)
         mem_limit = w.memory_limit_bytes if w and w.memory_limit_bytes is not None else (
             meta.memory_limit_bytes if meta else None)
+        cs = sample.cpu_stat
         out.append(PodSample(
             uid=key,
             namespace=meta_for_name.namespace,
@@ -87,6 +88,9 @@ def join(reading, windows, view: KubeView, annotation: str) -> list[PodSample]:
             cpu_throttled_ratio=w.throttled_periods_ratio if w else None,
             cpu_pressure=w.cpu_some_stall if w else None,
             memory_pressure=w.memory_some_stall if w else None,
+            cpu_seconds_total=cs.usage_usec / 1e6 if cs is not None else None,
+            cpu_throttled_seconds_total=(cs.throttled_usec / 1e6
+                                         if cs is not None and cs.throttled_usec is not None else None),
         ))
     return out
 
@@ -185,6 +189,7 @@ class ClusterPods:
         now = self.clock()
         prev = self._net_prev.get(p.uid)
         self._net_prev[p.uid] = (ns, cur[0], cur[1], now)
+        p = dataclasses.replace(p, net_rx_bytes_total=cur[0], net_tx_bytes_total=cur[1])
         if prev is None or prev[0] != ns or cur[0] < prev[1] or cur[1] < prev[2] or now <= prev[3]:
             return p  # first sight or a new sandbox: the window starts now
         return dataclasses.replace(p, net_rx_bytes=cur[0] - prev[1], net_tx_bytes=cur[1] - prev[2],

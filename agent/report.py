@@ -137,6 +137,9 @@ def build_report(
             qos=p.qos, cpu_throttled_ratio=p.cpu_throttled_ratio, cpu_pressure=p.cpu_pressure,
             memory_pressure=p.memory_pressure, net_rx_bytes=p.net_rx_bytes,
             net_tx_bytes=p.net_tx_bytes, net_seconds=p.net_seconds,
+            cpu_seconds_total=p.cpu_seconds_total,
+            cpu_throttled_seconds_total=p.cpu_throttled_seconds_total,
+            net_rx_bytes_total=p.net_rx_bytes_total, net_tx_bytes_total=p.net_tx_bytes_total,
         ))
         tenant_cpu[p.tenant] = tenant_cpu.get(p.tenant, 0.0) + (p.cpu_used or 0.0)
         tenant_mem[p.tenant] = tenant_mem.get(p.tenant, 0.0) + (p.memory_used or 0.0)

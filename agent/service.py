@@ -17,7 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 from agent.config import Config, ConfigError
 from agent.export.extender import Pusher
 from agent.export.payload import build_payload
-from agent.export.prometheus import ReportCollector
+from agent.export.prometheus import ExportOptions, ReportCollector
 from agent.model import NodeReport, NodeResources, PodSample
 from agent.procfs import (CpuTimes, cpu_utilization, parse_meminfo, parse_proc_stat,
                           read_netns_tcp, tcp_window)
@@ -214,7 +214,8 @@ class Sampler:
         yield c
 
 
-def make_registry(box: ReportBox, extras: Sequence[Callable[[], Iterator[Metric]]]) -> CollectorRegistry:
+def make_registry(box: ReportBox, extras: Sequence[Callable[[], Iterator[Metric]]],
+                  options: ExportOptions = ExportOptions()) -> CollectorRegistry:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds, fds
 
@@ -225,7 +226,7 @@ def make_registry(box: ReportBox, extras: Sequence[Callable[[], Iterator[Metric]
         for fn in extras:
             yield from fn()
 
-    registry.register(ReportCollector(box.report, extra))
+    registry.register(ReportCollector(box.report, extra, options))
     return registry
 
 
@@ -292,7 +293,7 @@ def run_agent(config: Config, stop: threading.Event) -> int:
         return s.metrics() if s is not None else iter(())
 
     extras = [sampler_metrics, pod_source.metrics] + ([pusher.metrics] if pusher else [])
-    server.registry = make_registry(box, extras)
+    server.registry = make_registry(box, extras, ExportOptions.from_config(config))
     server.start()
     log.info("serving /metrics /healthz /readyz /report on %s (node %s)", config.listen,
              config.resolved_node_name())

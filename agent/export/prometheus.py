@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -30,6 +31,19 @@ HIST_EXPORT = {
 PER_OCTAVE = 4
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """The series budget (config keys pod_series, max_exported_pods, export_buckets_per_octave)."""
+
+    pod_series: bool = True
+    max_pods: int = 110
+    buckets_per_octave: int = PER_OCTAVE
+
+    @classmethod
+    def from_config(cls, config) -> "ExportOptions":
+        return cls(config.pod_series, config.max_exported_pods, config.export_buckets_per_octave)
+
+
 def _le(v: float) -> str:
     return f"{v:.12g}"
 
@@ -39,9 +53,11 @@ class ReportCollector(Collector):
     (push, readiness) and must not raise."""
 
     def __init__(self, latest: Callable[[], NodeReport | None],
-                 extra: Callable[[], Iterator[Metric]] | None = None) -> None:
+                 extra: Callable[[], Iterator[Metric]] | None = None,
+                 options: ExportOptions = ExportOptions()) -> None:
         self._latest = latest
         self._extra = extra
+        self._options = options
         self._errors = 0
         self._lock = threading.Lock()
 
@@ -53,7 +69,7 @@ class ReportCollector(Collector):
         try:
             r = self._latest()
             if r is not None:
-                out.extend(render_report(r))
+                out.extend(render_report(r, self._options))
         except Exception:  # noqa: BLE001 - a scrape must never fail
             log.exception("rendering /metrics failed; serving what was rendered")
             with self._lock:
@@ -81,7 +97,19 @@ def _gauge(name: str, doc: str, value: float | None, out: list) -> None:
     out.append(g)
 
 
-def render_report(r: NodeReport) -> list[Metric]:
+def exported_pods(r: NodeReport, options: ExportOptions) -> tuple[list, int]:
+    """The pods that get series, and how many did not fit the cap. Over the cap, the busiest by
+    CPU are kept (then by name, so the choice is stable from one scrape to the next)."""
+    if not options.pod_series:
+        return [], len(r.pods)
+    pods = list(r.pods)
+    if len(pods) <= options.max_pods:
+        return pods, 0
+    keep = sorted(pods, key=lambda p: (-(p.cpu_used or 0.0), p.namespace, p.pod))[:options.max_pods]
+    return sorted(keep, key=lambda p: (p.namespace, p.pod, p.uid)), len(pods) - len(keep)
+
+
+def render_report(r: NodeReport, options: ExportOptions = ExportOptions()) -> list[Metric]:
     out: list[Metric] = []
     # --- the seed design's gauges (names fixed) -----------------------------------------------
     _gauge("ebpf_rtt_p50_milliseconds", "TCP smoothed RTT p50 over the last window (ms)", r.rtt_p50_ms, out)
@@ -173,7 +201,7 @@ def render_report(r: NodeReport) -> list[Metric]:
         h = merge_histograms(snap.hists.values())
         if h is None:
             continue
-        bounds = export_bounds(h.layout, PER_OCTAVE, lo, hi)
+        bounds = export_bounds(h.layout, options.buckets_per_octave, lo, hi)
         cum = cumulative_buckets(h.layout, h.counts, bounds)
         buckets = [(_le(b * scale), c) for b, c in zip(bounds, cum)] + [("+Inf", cum[-1])]
         hm = HistogramMetricFamily(name, doc)
@@ -195,9 +223,18 @@ def render_report(r: NodeReport) -> list[Metric]:
         "throttled": GaugeMetricFamily("ebpf_pod_cpu_throttled_ratio", "Share of the pod's CFS periods throttled over the last window", labels=labels),
         "cpu_psi": GaugeMetricFamily("ebpf_pod_cpu_pressure_ratio", "Share of the last window some of the pod's tasks waited for CPU (cpu.pressure some)", labels=labels),
         "mem_psi": GaugeMetricFamily("ebpf_pod_memory_pressure_ratio", "Share of the last window some of the pod's tasks stalled on memory (memory.pressure some)", labels=labels),
+        "cpu_total": CounterMetricFamily("ebpf_pod_cpu_seconds", "CPU time the pod's cgroup used (cpu.stat usage_usec)", labels=labels),
+        "throttled_total": CounterMetricFamily("ebpf_pod_cpu_throttled_seconds", "Time the pod's cgroup was throttled by its CPU limit (cpu.stat throttled_usec)", labels=labels),
+        "rx_total": CounterMetricFamily("ebpf_pod_network_receive_bytes", "Bytes the pod's network namespace received, all interfaces (absent for host-network pods)", labels=labels),
+        "tx_total": CounterMetricFamily("ebpf_pod_network_transmit_bytes", "Bytes the pod's network namespace sent, all interfaces (absent for host-network pods)", labels=labels),
     }
     cum_retrans = r.cumulative.get("tcp_retrans")
-    for p in r.pods:
+    pods, overflow = exported_pods(r, options)
+    _gauge("ebpf_pods", "Pods in the latest report (every one is in the push and /report)",
+           len(r.pods), out)
+    _gauge("ebpf_pods_not_exported", "Pods of the latest report without per-pod series here "
+           "(pod_series off, or beyond max_exported_pods)", overflow, out)
+    for p in pods:
         lv = [p.namespace, p.pod]
         ms = lambda v: None if v is None else v / 1000  # noqa: E731
         per_s = lambda v: None if v is None or not p.net_seconds else v / p.net_seconds  # noqa: E731
@@ -206,7 +243,10 @@ def render_report(r: NodeReport) -> list[Metric]:
                        ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
                        ("mem_limit", p.memory_limit), ("throttled", p.cpu_throttled_ratio),
                        ("cpu_psi", p.cpu_pressure), ("mem_psi", p.memory_pressure),
-                       ("rx", per_s(p.net_rx_bytes)), ("tx", per_s(p.net_tx_bytes))):
+                       ("rx", per_s(p.net_rx_bytes)), ("tx", per_s(p.net_tx_bytes)),
+                       ("cpu_total", p.cpu_seconds_total),
+                       ("throttled_total", p.cpu_throttled_seconds_total),
+                       ("rx_total", p.net_rx_bytes_total), ("tx_total", p.net_tx_bytes_total)):
             if v is not None:
                 fams[key].add_metric(lv, float(v))
         if cum_retrans is not None and not p.host_network and p.addresses:
