@@ -281,3 +281,23 @@ def test_undeploy_removes_the_agent_old_configmaps_and_the_advertised_resource(t
     remove = '-p [{"op": "remove", "path": "/status/capacity/example.com~1SLO"}]'
     assert patches == [f"patch node node-a --subresource=status --type=json {remove}",
                        f"patch node node-c --subresource=status --type=json {remove}"]
+
+
+def test_another_namespace_gets_a_servicemonitor_that_selects_it(tmp_path):
+    """A kustomization naming another namespace: the ServiceMonitor moves with it, and with no
+    namespaceSelector the operator looks for the Service in that namespace (its own)."""
+    import os
+
+    from tests.deploy.operator_scrape import namespaces_selected
+
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"namespace: monitoring\nresources:\n  - {os.path.relpath(MANIFESTS, tmp_path)}\n")
+    objs = render(tmp_path)
+    sm = by_kind(objs, "ServiceMonitor")[0]
+    svc = by_kind(objs, "Service")[0]
+    assert sm["metadata"]["namespace"] == svc["metadata"]["namespace"] == "monitoring"
+    assert namespaces_selected(sm) == ["monitoring"]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert all(ep.get("honorLabels") is True for ep in sm["spec"]["endpoints"])

@@ -91,17 +91,24 @@ class Agent:
 
 
 class Prometheus:
-    def __init__(self, target: str, scrape_interval: str = "1s") -> None:
+    """A real Prometheus on loopback. ``target``: one static job named ebpf-edge-agent; or
+    ``scrape_configs``: the jobs as given (e.g. what the Prometheus Operator generates)."""
+
+    def __init__(self, target: str | None = None, scrape_interval: str = "1s",
+                 scrape_configs: list[dict] | None = None) -> None:
+        import yaml
+
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: run make dev-setup")
         self.dir = tempfile.mkdtemp(prefix="prom-")
         self.port = free_port()
         cfg = Path(self.dir) / "prometheus.yml"
-        cfg.write_text(
-            "global:\n  scrape_interval: %s\n  evaluation_interval: %s\n"
-            "scrape_configs:\n  - job_name: ebpf-edge-agent\n    static_configs:\n"
-            "      - targets: ['%s']\n" % (scrape_interval, scrape_interval, target))
+        jobs = scrape_configs if scrape_configs is not None else [
+            {"job_name": "ebpf-edge-agent", "static_configs": [{"targets": [target]}]}]
+        cfg.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "scrape_configs": jobs}, sort_keys=False))
         self.proc = subprocess.Popen(
             [binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir}/data",
              f"--web.listen-address=127.0.0.1:{self.port}"],
