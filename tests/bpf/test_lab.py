@@ -221,12 +221,13 @@ def test_runqlat_rises_under_cpu_hogs_and_matches_schedstat(config, kernel):
         print(f"runqlat {name}: p95 {m['p95'] / 1e6:.3f}ms; wait per second probe "
               f"{m['probe_rate'] / 1e9:.4f}s/s, schedstat {m['witness_rate'] / 1e9:.4f}s/s; "
               f"mean wait probe {m['probe_mean'] / 1e3:.1f}us, schedstat {m['witness_mean'] / 1e3:.1f}us")
-    # Idle, the two accountings differ by a few ms of waiting per second over the whole node
-    # (measured 0.5-2 ms/s: tasks that start or exit between the walks are not in the witness,
-    # and the probe starts at the wakeup, schedstat at the enqueue); 5 ms/s is 0.2 % of the busy
-    # window's figure.
+    # Without the hogs, whatever else runs dominates, and threads that start or exit between the
+    # two walks are not in the witness at all (measured: 0.5-2 ms/s apart on a quiet machine,
+    # the probe up to 3x the witness while other tests spawned processes beside this one). So
+    # there the witness is a lower bound; the hogs' window, where long-lived threads dominate,
+    # is compared both ways.
     assert idle["witness_rate"] > 0
-    assert abs(idle["probe_rate"] - idle["witness_rate"]) <= 0.15 * idle["witness_rate"] + 5e6, idle
+    assert idle["probe_rate"] >= 0.85 * idle["witness_rate"], idle
     assert 0.85 <= busy["probe_rate"] / busy["witness_rate"] <= 1.15, busy
     # and waits as long per switch-in as schedstat's run_delay per timeslice
     assert 0.8 <= busy["probe_mean"] / busy["witness_mean"] <= 1.25, busy
