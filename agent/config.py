@@ -86,7 +86,7 @@ class Config:
     log_format: str = "text"  # text | json (one object per line)
     strict: bool = False  # a probe failure is fatal (for tests)
     # extender push
-    extender_url: str = ""  # empty: push off
+    extender_url: str = ""  # empty: push off; several URLs comma-separated
     push_interval: float = 30.0
     push_timeout: float = 5.0
     # /healthz is 200 this long after start without a report (BCC compiles every probe first)
@@ -136,6 +136,11 @@ class Config:
     def listen_port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
 
+    @property
+    def extender_urls(self) -> tuple[str, ...]:
+        """The URLs of extender_url (comma-separated: one push per URL, and per address of each)."""
+        return tuple(u.strip() for u in self.extender_url.split(",") if u.strip())
+
     def resolved_node_name(self) -> str:
         return self.node_name or os.environ.get("NODE_NAME", "") or socket.gethostname()
 
@@ -178,7 +183,8 @@ def validate(c: Config) -> None:
         raise ConfigError("log_level", c.log_level, "one of debug, info, warning, error")
     if c.log_format not in ("text", "json"):
         raise ConfigError("log_format", c.log_format, "text or json")
-    _check_url("extender_url", c.extender_url, "empty to turn push off")
+    for url in c.extender_urls:
+        _check_url("extender_url", url, "empty to turn push off (several: comma-separated)")
     for key in ("extender_token_file", "extender_ca_file"):
         p = getattr(c, key)
         if p and not Path(p).is_file():

@@ -201,6 +201,8 @@ class PodReport:
 class NodeReport:
     schema_version: str
     agent_version: str
+    agent_instance: str  # random per process start: a restart is told from a late report
+    push_interval_seconds: float
     node_name: str
     sequence: int
     timestamp: str  # RFC 3339, UTC

@@ -5,6 +5,8 @@ Pure: no IO. Units are converted here, once (µs/ns -> ms for the seed gauges).
 
 from __future__ import annotations
 
+import uuid
+
 from typing import Mapping, Sequence
 
 from agent import __version__
@@ -15,7 +17,11 @@ from agent.stats.histogram import percentile
 from agent.stats.scoring import (count_above, dominant_share, jain_index, node_score, normalize,
                                  weighted_drop_rate)
 
-SCHEMA_VERSION = "1.0"
+# MAJOR.MINOR. Within a major version fields are only ever added (never removed, renamed or
+# changed in meaning): an extender accepts every report of its major version and ignores the
+# fields it does not know. 1.1 added agent_instance and push_interval_seconds.
+SCHEMA_VERSION = "1.1"
+AGENT_INSTANCE = uuid.uuid4().hex  # this process's instance id
 _TO_MS = {"us": 1e-3, "ns": 1e-6}
 
 
@@ -59,6 +65,7 @@ def build_report(
     pods: Sequence[PodSample],
     program_stats: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
     sample_duration_seconds: float = 0.0,
+    agent_instance: str = "",
 ) -> NodeReport:
     if window_seconds <= 0:
         raise ValueError(f"window_seconds must be > 0, got {window_seconds!r}")
@@ -175,6 +182,8 @@ def build_report(
     }
     return NodeReport(
         schema_version=SCHEMA_VERSION,
+        agent_instance=agent_instance or AGENT_INSTANCE,
+        push_interval_seconds=config.push_interval,
         agent_version=__version__,
         node_name=node_name,
         sequence=sequence,

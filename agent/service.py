@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from agent.config import Config, ConfigError
-from agent.export.extender import Pusher
+from agent.export.extender import PushGroup
 from agent.export.payload import build_payload
 from agent.export.prometheus import ExportOptions, ReportCollector
 from agent.model import NodeReport, NodeResources, PodSample
@@ -282,11 +282,11 @@ def run_agent(config: Config, stop: threading.Event) -> int:
         return 2
 
     pusher = None
-    if config.extender_url:
-        pusher = Pusher(config.extender_url, config.push_timeout, interval=config.push_interval,
-                        token_file=config.extender_token_file, ca_file=config.extender_ca_file,
-                        verify=config.extender_tls_verify,
-                        backoff_max=max(1.0, config.push_interval))
+    if config.extender_urls:
+        pusher = PushGroup(config.extender_urls, config.push_timeout, interval=config.push_interval,
+                           token_file=config.extender_token_file, ca_file=config.extender_ca_file,
+                           verify=config.extender_tls_verify,
+                           backoff_max=max(1.0, config.push_interval))
 
     def sampler_metrics():
         s = holder.get("sampler")

@@ -1,7 +1,9 @@
 """A scheduler-extender stand-in for tests: records pushes and misbehaves on request.
 
-Modes: "ok" (200), "error" (500), "garbage" (not HTTP at all), "hang" (accepts, never answers),
-"down" (port closed).
+Modes: "ok" (200 {"status": "accepted"}), "stale" (200 {"status": "stale"}), "badbody" (200
+with a body that is not the contract's), "status:<code>" (that HTTP status with a JSON message),
+"error" (500), "garbage" (not HTTP at all), "hang" (accepts, never answers), "down" (port closed).
+Binds ``host`` (any loopback address: 127.0.0.2 makes a second replica on the same port).
 """
 
 from __future__ import annotations
@@ -13,16 +15,27 @@ import time
 
 
 class ExtenderStub:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 tls: tuple[str, str] | None = None) -> None:
+        self.host = host
+        self._tls = None
+        if tls:  # (certfile, keyfile): serve https
+            import ssl
+
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
         self.mode = "ok"
         self.received: list[dict] = []
         self.headers: list[dict] = []
         self.hits = 0
         self._lock = threading.Lock()
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        if port:
+            self.port = port
+        else:
+            probe = socket.socket()
+            probe.bind((host, 0))
+            self.port = probe.getsockname()[1]
+            probe.close()
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -30,14 +43,14 @@ class ExtenderStub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}"
 
     def up(self) -> None:
         if self._sock is not None:
             return
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
+        s.bind((self.host, self.port))
         s.listen(16)
         s.settimeout(0.2)
         self._sock = s
@@ -81,6 +94,13 @@ class ExtenderStub:
         return lines[0], headers, body
 
     def _handle(self, conn: socket.socket) -> None:
+        if self._tls is not None:
+            try:
+                conn.settimeout(5)
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            except OSError:  # the client refused our certificate
+                conn.close()
+                return
         with conn:
             try:
                 line, headers, body = self._read_request(conn)
@@ -99,11 +119,21 @@ class ExtenderStub:
                 conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n"
                              b"Connection: close\r\n\r\noops")
                 return
+            if mode.startswith("status:"):
+                code = int(mode.split(":", 1)[1])
+                msg = json.dumps({"error": f"stub refuses with {code}"}).encode()
+                conn.sendall(b"HTTP/1.1 %d Refused\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (code, len(msg), msg))
+                return
             if line.startswith("POST /metrics/report"):
                 with self._lock:
                     self.received.append(json.loads(body))
                     self.headers.append(headers)
+                answer = {"ok": b'{"status": "accepted"}', "stale": b'{"status": "stale"}',
+                          "badbody": b"<html>ok</html>"}.get(mode, b'{"status": "accepted"}')
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(answer), answer))
             else:
                 conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")

@@ -1,33 +1,63 @@
 """Push reports to the scheduler extender: ``POST <url>/metrics/report``.
 
 A one-slot mailbox fed with every new report (latest wins: a newer report replaces an
-undelivered one, nothing queues), delivered at most once per ``interval``, from its own thread, a timeout per attempt, retries with exponential backoff and jitter, an optional
-bearer token re-read from a file on every attempt (rotation), TLS verification on by default.
-A slow or broken extender only ever delays this thread.
+undelivered one, nothing queues), delivered at most once per ``interval``, from its own thread,
+a timeout per attempt, an optional bearer token re-read from a file on every attempt
+(rotation), TLS verification on by default. A slow or broken extender only ever delays this
+thread.
+
+What an answer means (push contract v2, docs/deploy.md):
+
+- 2xx with ``{"status": "accepted"}``: delivered; ``{"status": "stale"}``: the extender already
+  has a newer report of ours, counted and not retried; any other 2xx body: ``invalid_response``,
+  retried.
+- 400, 401, 403, 413: the extender refuses this report as it is; retrying it cannot help. Counted
+  by cause, logged once per cause with the extender's message; the next report is tried at the
+  next interval.
+- 429, 5xx, other 4xx, timeouts, connection and TLS errors: retried with exponential backoff and
+  jitter (a newer report replaces the one being retried).
+
+:class:`PushGroup` pushes to several endpoints: every URL of ``extender_url``, and every address
+a URL's host name resolves to (a headless Service: every scheduler replica), re-resolved each
+push interval. Each endpoint has its own pusher (mailbox, backoff, series), so one slow replica
+never delays another. An address of a name is reached by IP while TLS is verified against the
+name.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import random
+import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from requests.adapters import HTTPAdapter
 
 log = logging.getLogger(__name__)
 
-CAUSES = ("timeout", "connection", "tls", "http_4xx", "http_5xx", "http_other",
-          "invalid_response", "token", "other")
+# answers that refuse this report for good (retrying the same body cannot help)
+REJECTED = {400: "http_400", 401: "http_401", 403: "http_403", 413: "http_413"}
+CAUSES = ("timeout", "connection", "tls", *REJECTED.values(), "http_429", "http_4xx",
+          "http_5xx", "http_other", "invalid_response", "token", "other")
+
+DELIVERED, STALE, REJECT, RETRY = "delivered", "stale", "rejected", "retry"
 
 
 def classify(exc: BaseException | None, status: int | None = None) -> str:
     if exc is None:
         if status is None:
             return "other"
+        if status in REJECTED:
+            return REJECTED[status]
+        if status == 429:
+            return "http_429"
         if 400 <= status < 500:
             return "http_4xx"
         if 500 <= status < 600:
@@ -49,12 +79,39 @@ def classify(exc: BaseException | None, status: int | None = None) -> str:
     return "other"
 
 
+class _PinnedName(HTTPAdapter):
+    """Connects to an address but speaks TLS to (SNI) and verifies the certificate for the name."""
+
+    def __init__(self, hostname: str, **kw) -> None:
+        self._hostname = hostname
+        super().__init__(**kw)
+
+    def init_poolmanager(self, *args, **kw):
+        kw["server_hostname"] = self._hostname
+        kw["assert_hostname"] = self._hostname
+        super().init_poolmanager(*args, **kw)
+
+
+def _with_address(url: str, address: str) -> str:
+    u = urlsplit(url)
+    host = f"[{address}]" if ":" in address else address
+    netloc = host + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+
+
 class Pusher:
+    """One endpoint. ``address``: reach ``url``'s host at this IP (Host header, SNI and the
+    certificate check stay the host name's)."""
+
     def __init__(self, url: str, timeout: float, *, interval: float = 0.0,
                  token_file: str = "", ca_file: str = "",
                  verify: bool = True, backoff_first: float = 1.0, backoff_max: float = 30.0,
-                 wall: Callable[[], float] = time.time) -> None:
-        self.endpoint = url.rstrip("/") + "/metrics/report"
+                 wall: Callable[[], float] = time.time, address: str = "") -> None:
+        self.url = url.rstrip("/")
+        self.address = address
+        self.endpoint = self.url + "/metrics/report"
+        self._target = _with_address(self.endpoint, address) if address else self.endpoint
+        self._host_header = urlsplit(self.endpoint).netloc if address else None
         self.timeout = timeout
         self.interval = interval
         self.token_file = token_file
@@ -69,11 +126,16 @@ class Pusher:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="pusher", daemon=True)
         self._session = requests.Session()
+        if address and urlsplit(url).scheme == "https":
+            self._session.mount("https://", _PinnedName(urlsplit(url).hostname))
         # metrics
         self.attempts = 0
         self.failures = {c: 0 for c in CAUSES}
         self.replaced = 0  # undelivered (failed) reports superseded by a newer one
         self.delivered = 0
+        self.stale = 0  # answered "stale": the extender has a newer report of ours
+        self.rejected = 0  # reports dropped after a 400/401/403/413
+        self._logged_rejections: set[str] = set()
         self.last_success: float | None = None
         self.last_delivered_sequence: int | None = None
         self.last_error = ""
@@ -117,9 +179,9 @@ class Pusher:
                 if self._stop:
                     return
                 payload = self._pending
-            ok = self._attempt(payload)
+            outcome = self._attempt(payload)
             with self._cv:
-                if ok:
+                if outcome != RETRY:  # done with this report, whatever the extender made of it
                     if self._pending is payload:
                         self._pending = None
                     self._pending_failed = False
@@ -134,9 +196,11 @@ class Pusher:
                 if self._stop:
                     return
 
-    def _attempt(self, payload: dict[str, Any]) -> bool:
+    def _attempt(self, payload: dict[str, Any]) -> str:
         self.attempts += 1
         headers = {"Content-Type": "application/json"}
+        if self._host_header:
+            headers["Host"] = self._host_header
         if self.token_file:
             try:
                 with open(self.token_file) as f:
@@ -144,52 +208,211 @@ class Pusher:
             except OSError as e:
                 return self._fail("token", f"cannot read token file {self.token_file}: {e}")
         try:
-            resp = self._session.post(self.endpoint, data=json.dumps(payload), headers=headers,
+            resp = self._session.post(self._target, data=json.dumps(payload), headers=headers,
                                       timeout=(self.timeout, self.timeout), verify=self.verify)
             status = resp.status_code
+            body = resp.content[:4096]
             resp.close()
         except requests.exceptions.RequestException as e:
             return self._fail(classify(e), f"{type(e).__name__}: {e}")
         except Exception as e:  # noqa: BLE001 - the pusher thread must outlive any surprise
             return self._fail("other", f"{type(e).__name__}: {e}")
         if 200 <= status < 300:
-            self.delivered += 1
-            self.last_success = self._wall()
-            self.last_delivered_sequence = payload.get("sequence")
+            answer = _status_of(body)
+            if answer not in ("accepted", "stale"):
+                return self._fail("invalid_response",
+                                  f"HTTP {status} without a JSON body {{\"status\": \"accepted\" | "
+                                  f"\"stale\"}}: {_excerpt(body)}")
+            if answer == "stale":
+                self.stale += 1
+            else:
+                self.delivered += 1
+                self.last_success = self._wall()
+                self.last_delivered_sequence = payload.get("sequence")
             if self.last_error:
-                log.info("push to %s recovered", self.endpoint)
+                log.info("push to %s recovered", self.label)
             self.last_error = ""
-            return True
-        return self._fail(classify(None, status), f"HTTP {status}")
+            return DELIVERED if answer == "accepted" else STALE
+        cause = classify(None, status)
+        if status in REJECTED:
+            self.failures[cause] += 1
+            self.rejected += 1
+            if cause not in self._logged_rejections:  # once per cause: it will not change soon
+                self._logged_rejections.add(cause)
+                log.error("push to %s refused (HTTP %d): %s; this report is dropped, the next is "
+                          "sent at the next interval (logged once per status)", self.label,
+                          status, _excerpt(body))
+            return REJECT
+        return self._fail(cause, f"HTTP {status}: {_excerpt(body)}")
 
-    def _fail(self, cause: str, detail: str) -> bool:
+    @property
+    def label(self) -> str:
+        return f"{self.endpoint} ({self.address})" if self.address else self.endpoint
+
+    def _fail(self, cause: str, detail: str) -> str:
         self.failures[cause] += 1
         if detail != self.last_error:  # log changes, not every retry
-            log.warning("push to %s failed (%s): %s", self.endpoint, cause, detail)
+            log.warning("push to %s failed (%s): %s", self.label, cause, detail)
         self.last_error = detail
-        return False
+        return RETRY
 
     # -- metrics -------------------------------------------------------------------------------------
     def metrics(self) -> Iterator[Metric]:
-        a = CounterMetricFamily("ebpf_push_attempts", "Push attempts to the scheduler extender")
-        a.add_metric([], self.attempts)
-        yield a
-        f = CounterMetricFamily("ebpf_push_failures", "Failed push attempts by cause", labels=["cause"])
-        for c, n in self.failures.items():
-            f.add_metric([c], n)
-        yield f
-        d = CounterMetricFamily("ebpf_push_delivered", "Reports the extender accepted (2xx)")
-        d.add_metric([], self.delivered)
-        yield d
-        r = CounterMetricFamily("ebpf_push_replaced",
-                                "Undelivered reports replaced by a newer one (latest wins)")
-        r.add_metric([], self.replaced)
-        yield r
-        p = GaugeMetricFamily("ebpf_push_pending", "1 while a report waits for delivery")
-        p.add_metric([], 1 if self.pending else 0)
-        yield p
-        if self.last_success is not None:
-            s = GaugeMetricFamily("ebpf_push_last_success_timestamp_seconds",
-                                  "Unix time of the last accepted push")
-            s.add_metric([], self.last_success)
-            yield s
+        return iter(push_metrics([self]))
+
+
+def _status_of(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc.get("status") if isinstance(doc, dict) else None
+
+
+def _excerpt(body: bytes, limit: int = 300) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")
+
+
+def push_metrics(pushers: Sequence[Pusher]) -> list[Metric]:
+    """One family per series name, a sample per endpoint (``endpoint``: the URL, ``address``:
+    the IP it was reached at, "" when the URL's own host was used)."""
+    lab = ["endpoint", "address"]
+    a = CounterMetricFamily("ebpf_push_attempts", "Push attempts to the scheduler extender", labels=lab)
+    f = CounterMetricFamily("ebpf_push_failures", "Failed push attempts by cause (http_400/401/403/413: "
+                            "the report was refused and dropped; the others are retried)",
+                            labels=lab + ["cause"])
+    d = CounterMetricFamily("ebpf_push_delivered", "Reports the extender accepted", labels=lab)
+    st = CounterMetricFamily("ebpf_push_stale", "Reports the extender answered stale (it has a newer one)",
+                             labels=lab)
+    r = CounterMetricFamily("ebpf_push_replaced",
+                            "Undelivered reports replaced by a newer one (latest wins)", labels=lab)
+    p = GaugeMetricFamily("ebpf_push_pending", "1 while a report waits for delivery", labels=lab)
+    ls = GaugeMetricFamily("ebpf_push_last_success_timestamp_seconds",
+                           "Unix time of the last accepted push", labels=lab)
+    for x in pushers:
+        lv = [x.endpoint, x.address]
+        a.add_metric(lv, x.attempts)
+        for c, n in x.failures.items():
+            f.add_metric(lv + [c], n)
+        d.add_metric(lv, x.delivered)
+        st.add_metric(lv, x.stale)
+        r.add_metric(lv, x.replaced)
+        p.add_metric(lv, 1 if x.pending else 0)
+        if x.last_success is not None:
+            ls.add_metric(lv, x.last_success)
+    return [m for m in (a, f, d, st, r, p, ls) if m.samples or m is not ls]
+
+
+def resolve_addresses(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (sorted, unique)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({i[4][0] for i in infos})
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class PushGroup:
+    """A pusher per endpoint: per URL, and per address of a URL whose host is a name. The
+    addresses are resolved again every ``interval`` on the group's own thread (never on the
+    sampling thread that calls :meth:`offer`)."""
+
+    def __init__(self, urls: Sequence[str], timeout: float, *, interval: float,
+                 resolve: Callable[[str, int], list[str]] = resolve_addresses,
+                 resolve_every: float | None = None, **pusher_kw) -> None:
+        self.urls = [u.rstrip("/") for u in urls]
+        self.timeout = timeout
+        self.interval = interval
+        self.resolve = resolve
+        self.resolve_every = resolve_every if resolve_every is not None else max(interval, 1.0)
+        self._kw = dict(pusher_kw, interval=interval)
+        self._lock = threading.Lock()
+        self._pushers: dict[tuple[str, str], Pusher] = {}
+        self._latest: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="push-resolve", daemon=True)
+        self._logged: set[str] = set()
+
+    @property
+    def pushers(self) -> list[Pusher]:
+        with self._lock:
+            return list(self._pushers.values())
+
+    def _addresses(self, url: str) -> list[str]:
+        u = urlsplit(url)
+        host = u.hostname or ""
+        if _is_ip(host):
+            return [""]
+        try:
+            addrs = self.resolve(host, u.port or (443 if u.scheme == "https" else 80))
+        except OSError as e:
+            if url not in self._logged:
+                log.warning("push: cannot resolve %s (%s); using the name as it is", host, e)
+                self._logged.add(url)
+            return []
+        self._logged.discard(url)
+        return addrs or []
+
+    def refresh(self) -> None:
+        """Resolve every URL and start or stop pushers to match."""
+        want: set[tuple[str, str]] = set()
+        for url in self.urls:
+            addrs = self._addresses(url)
+            if not addrs:  # unresolvable: keep what we have for it, else try the name itself
+                keep = [k for k in self._pushers if k[0] == url]
+                want.update(keep or [(url, "")])
+            else:
+                want.update((url, a) for a in addrs)
+        with self._lock:
+            gone = [self._pushers.pop(k) for k in list(self._pushers) if k not in want]
+            new = []
+            for k in sorted(want - set(self._pushers)):
+                p = Pusher(k[0], self.timeout, address=k[1], **self._kw)
+                self._pushers[k] = p
+                new.append(p)
+            latest = self._latest
+        for p in new:
+            log.info("push: endpoint %s", p.label)
+            p.start()
+            if latest is not None:
+                p.offer(latest)
+        for p in gone:
+            log.info("push: endpoint %s gone (no longer resolved)", p.label)
+            threading.Thread(target=p.stop, kwargs={"timeout": 5.0}, daemon=True).start()
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.resolve_every):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - resolution must not end the pushes
+                log.exception("push: refreshing the endpoints failed")
+
+    def offer(self, payload: dict[str, Any]) -> None:
+        with self._lock:
+            self._latest = payload
+            pushers = list(self._pushers.values())
+        for p in pushers:
+            p.offer(payload)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        pushers = self.pushers
+        for p in pushers:
+            with p._cv:
+                p._stop = True
+                p._cv.notify()
+        for p in pushers:
+            p.stop(timeout)
+
+    def metrics(self) -> Iterator[Metric]:
+        return iter(push_metrics(self.pushers))

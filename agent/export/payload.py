@@ -41,8 +41,10 @@ def build_payload(r: NodeReport) -> dict[str, Any]:
         # freshness
         "schema_version": r.schema_version,
         "agent_version": r.agent_version,
+        "agent_instance": r.agent_instance,
         "sequence": r.sequence,
         "window_seconds": r.window_seconds,
+        "push_interval_seconds": r.push_interval_seconds,
         # network and scheduling
         "rtt_p50_ms": _r(r.rtt_p50_ms),
         "rtt_p90_ms": _r(r.rtt_p90_ms),

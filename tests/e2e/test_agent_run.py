@@ -141,7 +141,7 @@ def test_misbehaving_extender_never_disturbs_the_agent():
                 time.sleep(0.2)
         _, text = http_get(agent.base + "/metrics")
         for cause in ("connection", "http_5xx", "invalid_response", "timeout"):
-            v = re.search(rf'ebpf_push_failures_total{{cause="{cause}"}} (\S+)', text)
+            v = re.search(rf'ebpf_push_failures_total{{[^}}]*cause="{cause}"[^}}]*}} (\S+)', text)
             assert v and float(v.group(1)) >= 1, (cause, text[-3000:])
         before = agent.report()["sequence"]
         n = len(ext.received)
@@ -161,3 +161,32 @@ def test_misbehaving_extender_never_disturbs_the_agent():
         assert agent.proc.returncode == 0 and took < 2.0, (took, agent.output())
         assert "probes detached" in agent.output()
     ext.close()
+
+
+def test_a_restarted_agent_is_a_new_instance_counting_from_one():
+    """What lets an extender tell a restart from a late report: a new agent_instance whose
+    sequence starts again at 1 (the old instance's higher numbers must not win)."""
+    ext = ExtenderStub()
+    try:
+        runs = []
+        for _ in range(2):
+            n = len(ext.received)
+            with Agent("--kubernetes", "off", "--probes", "runqlat", "--sample-interval", "0.5",
+                       "--extender-url", ext.url, "--push-interval", "1", "--push-timeout", "0.5") as agent:
+                agent.wait_ready()
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and len(ext.received) < n + 3:
+                    time.sleep(0.1)
+            runs.append(ext.received[n:])
+        first, second = runs
+        assert len(first) >= 3 and second, (len(first), len(second))
+        ids = [{p["agent_instance"] for p in run} for run in runs]
+        assert len(ids[0]) == len(ids[1]) == 1 and ids[0] != ids[1]
+        assert second[0]["sequence"] <= 2 < first[-1]["sequence"]  # counting anew
+        for run in runs:
+            seqs = [p["sequence"] for p in run]
+            assert seqs == sorted(seqs) and all(p["push_interval_seconds"] == 1.0 for p in run)
+            for p in run:
+                jsonschema.validate(p, SCHEMA)
+    finally:
+        ext.close()

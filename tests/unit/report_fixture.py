@@ -69,4 +69,4 @@ def report(config=None, st=None, win=None, pods=PODS, segments=(10_000, 50)):
         window_seconds=10.0, states=st or states(), windows=win if win is not None else windows(),
         cumulative=cumulative(), tcp_segments=segments, resources=RESOURCES, pods=pods,
         program_stats={"runqlat": {"tracepoint__sched__sched_switch": (5_000_000, 40_000)}},
-        sample_duration_seconds=0.012)
+        sample_duration_seconds=0.012, agent_instance="5f2c0d8e9a1b4c3d")

@@ -51,7 +51,7 @@ def test_golden_payload_from_cgroup_tree():
     r = build_report(Config(), node_name="node-1", sequence=3, timestamp="2026-11-23T10:00:00.000000Z",
                      window_seconds=10.0, states=F.states(), windows=F.windows(),
                      cumulative=F.cumulative(), tcp_segments=(1000, 1), resources=F.RESOURCES,
-                     pods=samples())
+                     pods=samples(), agent_instance="5f2c0d8e9a1b4c3d")
     text = json.dumps(build_payload(r), indent=1, sort_keys=True) + "\n"
     if os.environ.get("UPDATE_GOLDEN") == "1" or not GOLDEN.exists():
         GOLDEN.write_text(text)
