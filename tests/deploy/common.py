@@ -61,7 +61,8 @@ def dashboard_exprs(rate_interval: str = "10s") -> list[tuple[str, str]]:
             m = re.fullmatch(r"label_values\((\w+), *(\w+)\)", q)
             assert m, f"unexpected variable query {q!r}"
             out.append((f"variable {var['name']}", f"count by ({m.group(2)}) ({m.group(1)})"))
-    return [(title, e.replace("$__rate_interval", rate_interval).replace("$instance", ".*"))
+    return [(title, e.replace("$__rate_interval", rate_interval).replace("$instance", ".*")
+             .replace("$node", ".*"))
             for title, e in out]
 
 
