@@ -1,5 +1,6 @@
 """Every PromQL expression of the dashboard and of the alerts runs against a real Prometheus
-scraping the real agent the way the Prometheus Operator scrapes the shipped ServiceMonitor while the network lab makes slow, lossy traffic, and returns data.
+scraping the real agent the way the Prometheus Operator scrapes the shipped ServiceMonitor,
+while the network lab makes slow, lossy traffic, and returns data.
 Alerts that a healthy lab cannot trigger (probe down, stale push) must stay silent here, every
 series they read must exist, and their firing case is a promtool unit test (test_rules.py)."""
 
