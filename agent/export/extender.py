@@ -154,10 +154,14 @@ class Pusher:
             self._pending = payload
             self._cv.notify()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def request_stop(self) -> None:
+        """Tell the thread to end (at once, also mid-backoff); :meth:`stop` also waits for it."""
         with self._cv:
             self._stop = True
             self._cv.notify()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.request_stop()
         self._session.close()
         self._thread.join(timeout)
 
@@ -407,10 +411,8 @@ class PushGroup:
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         pushers = self.pushers
-        for p in pushers:
-            with p._cv:
-                p._stop = True
-                p._cv.notify()
+        for p in pushers:  # all at once, then wait: stopping takes one timeout, not one each
+            p.request_stop()
         for p in pushers:
             p.stop(timeout)
 
