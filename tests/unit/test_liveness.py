@@ -2,8 +2,6 @@
 stalls; a probe's retry (a recompile) runs on its own thread and never holds up a window."""
 
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -12,6 +10,7 @@ from agent.model import ProbeSnapshot, ProbeStateKind
 from agent.sampler import ProbeRetrier, ProbeSet
 from agent.server import Server
 from agent.service import Liveness, ReportBox, Sampler, make_registry
+from tests.unit.test_service import get
 
 
 class Clock:
@@ -20,14 +19,6 @@ class Clock:
 
     def __call__(self):
         return self.t
-
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 class Counter:

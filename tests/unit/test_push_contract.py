@@ -11,15 +11,7 @@ import pytest
 
 from agent.export.extender import PushGroup, Pusher, push_metrics
 from tests.extender_stub import ExtenderStub
-
-
-def wait_for(cond, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.unit.test_pusher import wait_for
 
 
 @pytest.fixture
