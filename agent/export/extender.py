@@ -374,6 +374,8 @@ class PushGroup:
             else:
                 want.update((url, a) for a in addrs)
         with self._lock:
+            if self._stop.is_set():
+                return
             gone = [self._pushers.pop(k) for k in list(self._pushers) if k not in want]
             new = []
             for k in sorted(want - set(self._pushers)):
@@ -391,15 +393,16 @@ class PushGroup:
             threading.Thread(target=p.stop, kwargs={"timeout": 5.0}, daemon=True).start()
 
     def start(self) -> None:
-        self.refresh()
-        self._thread.start()
+        self._thread.start()  # the first resolution too: a slow DNS never delays the caller
 
     def _run(self) -> None:
-        while not self._stop.wait(self.resolve_every):
+        while True:
             try:
                 self.refresh()
             except Exception:  # noqa: BLE001 - resolution must not end the pushes
                 log.exception("push: refreshing the endpoints failed")
+            if self._stop.wait(self.resolve_every):
+                return
 
     def offer(self, payload: dict[str, Any]) -> None:
         with self._lock:
@@ -409,7 +412,8 @@ class PushGroup:
             p.offer(payload)
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
+        with self._lock:  # from here on no refresh adds a pusher
+            self._stop.set()
         pushers = self.pushers
         for p in pushers:  # all at once, then wait: stopping takes one timeout, not one each
             p.request_stop()

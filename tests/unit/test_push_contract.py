@@ -158,6 +158,7 @@ def test_tls_to_a_replica_is_verified_against_the_name_not_the_address(tmp_path)
     try:
         for g in groups:
             g.offer({"sequence": 1})
+        assert wait_for(lambda: all(g.pushers for g in groups))
         good, bad = (g.pushers[0] for g in groups)
         assert wait_for(lambda: good.delivered == 1), good.last_error
         assert wait_for(lambda: bad.failures["tls"] >= 1), bad.failures
@@ -177,6 +178,7 @@ def test_an_unresolvable_name_is_tried_as_it_is_and_counted():
     g.start()
     try:
         g.offer({"sequence": 1})
+        assert wait_for(lambda: g.pushers)
         (p,) = g.pushers
         assert p.address == ""
         assert wait_for(lambda: p.failures["connection"] >= 1), p.failures
