@@ -56,16 +56,11 @@ ENV EBPF_EDGE_AGENT_BPF_DIR=/opt/ebpf-edge-agent/bpf \
     PYTHONUNBUFFERED=1 \
     HEALTHCHECK_URL=http://127.0.0.1:9810/healthz
 
-# OCI labels; scripts/image.sh passes the version (agent/__init__.py) and the git revision.
-# Last, so a new revision does not invalidate the cached layers above.
-ARG VERSION=unknown
-ARG REVISION=unknown
-ARG SOURCE=unknown
+# OCI labels. version, revision and source are set by scripts/image.sh with `--label` (a LABEL
+# from a build ARG is served from buildah's layer cache even when the ARG changed, so a rebuild
+# after a commit kept the old revision); with Docker pass the same three --label flags.
 LABEL org.opencontainers.image.title="ebpf-edge-agent" \
       org.opencontainers.image.description="Per-node eBPF agent for a network-aware scheduler" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 EXPOSE 9810

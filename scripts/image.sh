@@ -71,8 +71,9 @@ build() {
     podman build --format docker --network=host --pull=never \
         --volume "$CA_BUNDLE:/run/host-ca.crt:ro" \
         --build-arg PIP_CERT=/run/host-ca.crt \
-        --build-arg VERSION="$version" --build-arg REVISION="$revision" \
-        --build-arg SOURCE="$source" \
+        --label org.opencontainers.image.version="$version" \
+        --label org.opencontainers.image.revision="$revision" \
+        --label org.opencontainers.image.source="$source" \
         -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
     say "built $IMAGE in $(( $(date +%s) - start )) s, $(podman image inspect --format '{{.Size}}' "$IMAGE") bytes"
 }
