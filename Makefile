@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 AGENT  := $(VENV)/bin/ebpf-edge-agent
 PYTEST_ARGS ?=
 
-.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench image deploy undeploy test-deploy
+.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench image deploy undeploy test-deploy stress-check
 
 dev-setup:
 	@./scripts/dev-setup.sh
@@ -32,6 +32,10 @@ run: dev-setup
 bench:
 	@DEV_SETUP_BENCH=1 ./scripts/dev-setup.sh
 	$(PY) -m bench.run --json bench/results/latest.json
+
+# make test 5 times beside stress-ng, then the load-sensitive tests 20 times each (~45 min)
+stress-check: dev-setup
+	./scripts/stress-check.sh
 
 # boots Debian's 5.10, 6.1 and 6.12 kernels in QEMU and runs the probes there (not part of make test)
 test-kernels: dev-setup
