@@ -14,6 +14,7 @@ WORK=$(mktemp -d /tmp/eea-stress-XXXXXX)
 command -v stress-ng >/dev/null || { echo "stress-ng missing: run make dev-setup" >&2; exit 1; }
 git clone -q "$SRC" "$WORK/repo" && cd "$WORK/repo" || exit 1
 echo "stress-check of $(git log --oneline -1) in $WORK/repo"
+./scripts/dev-setup.sh > "$WORK/dev-setup.log" 2>&1 || { echo "dev-setup failed: $WORK/dev-setup.log" >&2; exit 1; }
 stress-ng --cpu 1 --timeout 6h >/dev/null 2>&1 &
 SPID=$!
 trap 'kill $SPID 2>/dev/null' EXIT
