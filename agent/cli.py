@@ -17,8 +17,9 @@ import time
 
 from agent import __version__
 from agent.config import ConfigError, Config, load_config, service_links
-from agent.kernel import KernelInfo, detect, enable_bpf_stats
+from agent.kernel import enable_bpf_stats
 from agent.logs import setup_logging
+from agent.probes import registry
 
 log = logging.getLogger("agent")
 
@@ -67,14 +68,33 @@ def _hint(problem: str, in_container: bool) -> str:
     return (pod if in_container else host)[problem]
 
 
-def _kernel(config: Config) -> KernelInfo:
-    return detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root)
+def assemble(config: Config):
+    """The Agent from its parts, each found once: the port bound first and the pod source
+    made next (either failing is a configuration error, raised as ConfigError before any
+    BPF is loaded), the pusher, the kernel's facts, the probes (not yet started)."""
+    from agent.export.extender import PushGroup
+    from agent.pods import ClusterPods
+    from agent.server import Server
+    from agent.service import Agent
 
-
-def _make_probes(config: Config, kernel: KernelInfo):
-    from agent.service import build_probes
-
-    return build_probes(config, kernel)
+    try:
+        server = Server(config.listen_host, config.listen_port)
+    except OSError as e:
+        raise ConfigError("listen", config.listen,
+                          f"a free HOST:PORT (cannot be bound: {e.strerror or e})") from None
+    try:
+        pod_source = ClusterPods.from_config(config)
+    except ConfigError:
+        server.httpd.server_close()
+        raise
+    pusher = None
+    if config.extender_urls:
+        pusher = PushGroup(config.extender_urls, config.push_timeout, interval=config.push_interval,
+                           token_file=config.extender_token_file, ca_file=config.extender_ca_file,
+                           verify=config.extender_tls_verify,
+                           backoff_max=max(1.0, config.push_interval))
+    kernel = registry.detect_kernel(config)
+    return Agent(config, kernel, registry.build(config, kernel), pod_source, server, pusher)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +135,7 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], dict[str, bool]
     """Lines (feature, finding), whether each configured probe can run, and all as a dict."""
     from agent.probes.base import ProbeUnsupported
 
-    k = _kernel(config)
+    k = registry.detect_kernel(config)
     where = _in_container()
     bcc_ok, bcc_text = _bcc_importable(where)
     lines: list[tuple[str, str]] = [
@@ -136,14 +156,12 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], dict[str, bool]
         else:
             names = [f for f in fmt.fields if not f.startswith("common_")]
             lines.append((f"tracepoint {tp}", "yes: " + " ".join(names)))
-    kfree = k.tracepoint("skb:kfree_skb")
-    if kfree is not None and kfree.has("reason"):
-        lines.append(("drop reasons", f"{len(k.drop_reasons.names)} names from {k.drop_reasons.source}"))
-    elif kfree is not None:
-        lines.append(("drop reasons", "no reason field on this kernel: drops counted as 'unknown'"))
+    built = registry.build(config, k)
+    for probe in built:
+        lines += probe.kernel_notes()
     can_run: dict[str, bool] = {}
     probes = {}
-    for probe in _make_probes(config, k):
+    for probe in built:
         try:
             probe.check_supported()
         except ProbeUnsupported as e:
@@ -198,8 +216,8 @@ def cmd_smoke_test(args: argparse.Namespace, config: Config) -> int:
     from agent import smoke
     from agent.sampler import ProbeSet
 
-    kernel = _kernel(config)
-    probes = ProbeSet(_make_probes(config, kernel))
+    kernel = registry.detect_kernel(config)
+    probes = ProbeSet(registry.build(config, kernel))
     stats_fd = enable_bpf_stats() if args.bpf_stats else None
     passive = args.passive is not None
     try:
@@ -251,8 +269,11 @@ def cmd_smoke_test(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from agent.service import run_agent
-
+    try:
+        agent = assemble(config)
+    except ConfigError as e:
+        print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -261,7 +282,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return run_agent(config, stop)
+    return agent.run(stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         flags.update({k: getattr(args, k) for k in RUN_FLAGS})
         flags["strict"] = args.strict
     try:
-        config = load_config(getattr(args, "config", None), os.environ, flags)
+        config = load_config(getattr(args, "config", None), os.environ, flags, registry.known())
+        registry.check_config(config)
     except ConfigError as e:
         print(f"ebpf-edge-agent: invalid configuration: {e}", file=sys.stderr)
         return 2

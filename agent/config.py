@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-PROBE_NAMES = ("tcp_rtt", "tcp_retrans", "skb_drop", "runqlat")
 ENV_PREFIX = "EBPF_EDGE_AGENT_"
 DEFAULT_PORT = 9810
-SIGNALS = ("rtt_p99", "retrans_rate", "drop_rate", "runqlat_p95", "cpu_util")
 
 
 class ConfigError(ValueError):
@@ -111,7 +109,7 @@ class Config:
     max_exported_pods: int = 110  # the kubelet's default maxPods; the rest counted as overflow
     export_buckets_per_octave: int = 4  # exported histogram resolution (the kernel's is finer)
     # probes
-    probes: tuple[str, ...] = PROBE_NAMES
+    probes: tuple[str, ...] | None = None  # None: every probe of agent.probes.registry
     max_addresses: int = 1024
     fast_addresses: int = 512
     max_tasks: int = 65536
@@ -201,11 +199,13 @@ def validate(c: Config) -> None:
     if isinstance(c.standalone_cgroup_depth, bool) or c.standalone_cgroup_depth not in range(0, 9):
         raise ConfigError("standalone_cgroup_depth", c.standalone_cgroup_depth, "an integer within 0..8")
     _check_positive("default_rtt_slo_ms", c.default_rtt_slo_ms, 0.001, 600_000, "milliseconds")
-    if not c.probes:
-        raise ConfigError("probes", list(c.probes), f"a non-empty list of {', '.join(PROBE_NAMES)}")
-    for p in c.probes:
-        if p not in PROBE_NAMES:
-            raise ConfigError("probes", p, f"one of {', '.join(PROBE_NAMES)}")
+    # which names exist is the probe registry's to say (agent.probes.registry.check_config)
+    if c.probes is not None:
+        if not c.probes:
+            raise ConfigError("probes", list(c.probes),
+                              "a non-empty list of probe names (leave the key out for all)")
+        if len(set(c.probes)) != len(c.probes):
+            raise ConfigError("probes", list(c.probes), "a list without repeated names")
     for key in ("max_addresses", "max_tasks"):
         v = getattr(c, key)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 22:
@@ -225,9 +225,8 @@ def validate(c: Config) -> None:
 
 
 def _validate_score(s: ScoreConfig) -> None:
+    # which signals exist is the probe registry's to say (agent.probes.registry.check_config)
     for k, w in s.weights.items():
-        if k not in SIGNALS:
-            raise ConfigError(f"score.weights.{k}", w, f"a weight for one of {', '.join(SIGNALS)}")
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
             raise ConfigError(f"score.weights.{k}", w, "a number within 0..1")
     total = sum(s.weights.values())
@@ -235,8 +234,6 @@ def _validate_score(s: ScoreConfig) -> None:
         raise ConfigError("score.weights", dict(s.weights),
                           f"weights that sum to 1 (these sum to {total:g})")
     for k, b in s.bounds.items():
-        if k not in SIGNALS:
-            raise ConfigError(f"score.bounds.{k}", b, f"bounds for one of {', '.join(SIGNALS)}")
         ok = (isinstance(b, (tuple, list)) and len(b) == 2
               and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
               and b[0] < b[1])
@@ -260,6 +257,8 @@ _SCORE_KEYS = {f.name for f in dataclasses.fields(ScoreConfig)}
 def _convert(key: str, raw: Any, source: str) -> Any:
     """Turn a value from YAML (typed) or env/flags (strings) into the field's type."""
     default = getattr(Config(), key) if key != "score" else None
+    if key == "probes":
+        default = ()  # a list of names (its default, None, means every probe)
     try:
         if isinstance(default, bool):
             if isinstance(raw, bool):
@@ -331,6 +330,23 @@ def _score_from(raw: Any, source: str) -> ScoreConfig:
     return ScoreConfig(**kw)
 
 
+def _check_known(values: Mapping[str, Any], sources: Mapping[str, str],
+                 known: Mapping[str, Any]) -> None:
+    names = tuple(known.get("probes", ()))
+    for p in values.get("probes") or ():
+        if names and p not in names:
+            raise ConfigError("probes", p, f"one of {', '.join(names)}", sources.get("probes", ""))
+    sigs = tuple(known.get("signals", ()))
+    score = values.get("score")
+    if score is None or not sigs:
+        return
+    for section, what in (("weights", "a weight for"), ("bounds", "bounds for")):
+        for k, v in getattr(score, section).items():
+            if k not in sigs:
+                raise ConfigError(f"score.{section}.{k}", list(v) if isinstance(v, tuple) else v,
+                                  f"{what} one of {', '.join(sigs)}", sources.get("score", ""))
+
+
 # Kubernetes service links: for every Service of the pod's namespace the kubelet sets
 # <SVC>_SERVICE_HOST, <SVC>_SERVICE_PORT[_<PORTNAME>], <SVC>_PORT and <SVC>_PORT_<n>_<PROTO>[_PROTO|
 # _PORT|_ADDR] (SVC upper-cased, '-' -> '_'). A Service named ebpf-edge-agent[-...] puts them under
@@ -369,8 +385,13 @@ def service_links(env: Mapping[str, str]) -> list[str]:
 
 
 def load_config(file: str | None = None, env: Mapping[str, str] | None = None,
-                flags: Mapping[str, Any] | None = None) -> Config:
-    """Build the Config. ``flags`` holds only the flags given on the command line."""
+                flags: Mapping[str, Any] | None = None,
+                known: Mapping[str, Any] | None = None) -> Config:
+    """Build the Config. ``flags`` holds only the flags given on the command line.
+
+    ``known``: {"probes": names, "signals": names} from the probe registry
+    (``agent.probes.registry.known()``); names outside them are refused here, with their
+    source, before anything else is checked."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if file:
@@ -409,6 +430,8 @@ def load_config(file: str | None = None, env: Mapping[str, str] | None = None,
             continue
         values[k] = _convert(k, raw, f"flag --{k.replace('_', '-')}")
         sources[k] = f"flag --{k.replace('_', '-')}"
+    if known:
+        _check_known(values, sources, known)
     try:
         return Config(**values)
     except ConfigError as e:

@@ -368,7 +368,6 @@ class KernelInfo:
     cgroup2_mounts: Sequence[str]
     bpf_permitted: bool
     bpf_permission_detail: str
-    drop_reasons: DropReasons
     bpf_stats_enabled: bool | None = None
     kprobes: bool = False
     notes: Sequence[str] = field(default_factory=tuple)
@@ -377,24 +376,18 @@ class KernelInfo:
         return self.formats.get(name)
 
 
-TRACEPOINTS = (
-    "tcp:tcp_probe",
-    "tcp:tcp_retransmit_skb",
-    "skb:kfree_skb",
-    "sched:sched_wakeup",
-    "sched:sched_wakeup_new",
-    "sched:sched_switch",
-)
-
-
 def detect(tracefs_candidates: Sequence[Path], btf_path: Path, modules_root: Path,
-           proc_root: Path, check_permission: bool = True) -> KernelInfo:
-    """Look at the running kernel. Never raises for a missing feature: it is recorded."""
+           proc_root: Path, check_permission: bool = True,
+           tracepoints: Sequence[str] = ()) -> KernelInfo:
+    """Look at the running kernel. Never raises for a missing feature: it is recorded.
+
+    ``tracepoints``: the "system:event" names whose formats to read (the probe registry's
+    union, agent.probes.registry.detect_kernel)."""
     release = platform.release()
     notes: list[str] = []
     tracefs = find_tracefs(tracefs_candidates)
     formats: dict[str, TracepointFormat | None] = {}
-    for tp in TRACEPOINTS:
+    for tp in tracepoints:
         system, event = tp.split(":")
         if tracefs is None:
             formats[tp] = None
@@ -405,13 +398,6 @@ def detect(tracefs_candidates: Sequence[Path], btf_path: Path, modules_root: Pat
             formats[tp] = None
             notes.append(f"{tp}: unreadable format ({e})")
     btf = btf_path if btf_path.is_file() else None
-    btf_enum = None
-    if btf is not None:
-        try:
-            btf_enum = read_btf_enum(btf, "skb_drop_reason")
-        except ValueError as e:
-            notes.append(f"BTF unreadable: {e}")
-    reasons = resolve_drop_reasons(formats.get("skb:kfree_skb"), btf_enum)
     try:
         mounts = parse_cgroup2_mounts((proc_root / "self" / "mounts").read_text())
     except OSError:
@@ -435,7 +421,6 @@ def detect(tracefs_candidates: Sequence[Path], btf_path: Path, modules_root: Pat
         cgroup2_mounts=tuple(mounts),
         bpf_permitted=permitted,
         bpf_permission_detail=detail,
-        drop_reasons=reasons,
         bpf_stats_enabled=stats,
         kprobes=kprobes,
         notes=tuple(notes),

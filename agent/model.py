@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any, Mapping
 
 from agent.stats.histogram import SlotLayout, diff_counts
 
@@ -123,6 +123,16 @@ def merge_histograms(hists) -> Histogram | None:
     return Histogram(layout, counts, total)
 
 
+@dataclass(frozen=True)
+class ProbeFigures:
+    """One probe's figures for one report (its spec's ``summarize``): node-wide and per pod
+    uid, in base units (seconds, per second, counts; a cumulative Histogram for an exported
+    histogram). A figure that cannot be known is None, never 0."""
+
+    node: Mapping[str, Any] = field(default_factory=dict)
+    pods: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
 # ---------------------------------------------------------------------------------------------
 # inputs from the node and pod readers, and the report built from them
 
@@ -178,11 +188,9 @@ class PodReport:
     memory_limit: int | None
     host_network: bool
     rtt_slo_ms: float
-    rtt_samples: int | None = None  # None: not attributable / probe down
-    rtt_p50_ms: float | None = None
-    rtt_p99_ms: float | None = None
-    slo_violation_rate: float | None = None
-    retrans_events: int | None = None  # retransmitted skbs in the window
+    # probe -> that probe's figures for this pod (only probes that are up and attribute to
+    # pods; a host-network pod gets no address-attributed figures)
+    figures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     addresses: tuple[str, ...] = ()
     qos: str = ""
     cpu_throttled_ratio: float | None = None
@@ -208,23 +216,13 @@ class NodeReport:
     timestamp: str  # RFC 3339, UTC
     window_seconds: float
     probes: Mapping[str, ProbeState]
-    # network
-    rtt_p50_ms: float | None
-    rtt_p90_ms: float | None
-    rtt_p99_ms: float | None
-    rtt_samples: int | None
+    # probe -> its figures (only probes that are up); what each holds is in its spec
+    figures: Mapping[str, ProbeFigures]
+    # network (node readers)
     retrans_rate: float | None  # RetransSegs / (OutSegs + RetransSegs), SNMP, all namespaces
     sent_segments: int | None
     retrans_segments: int | None
-    retrans_events: int | None  # retransmitted skbs seen by the probe
     network_namespaces: int | None  # namespaces whose SNMP counters were summed
-    drop_rate: float | None  # dropped skbs per second (non-drops excluded)
-    drop_reason_rates: Mapping[str, float]
-    drop_rate_weighted: float | None
-    # scheduling
-    runqlat_p50_ms: float | None
-    runqlat_p95_ms: float | None
-    runqlat_p99_ms: float | None
     # resources
     cpu_utilization: float | None
     cpu_allocatable: float | None
@@ -233,7 +231,6 @@ class NodeReport:
     memory_used: int | None
     dominant_share: float | None
     per_task_fairness: float
-    slo_violation_rate: float | None
     score: float | None
     score_inputs: Mapping[str, float | None]
     pods: tuple[PodReport, ...]
@@ -242,6 +239,7 @@ class NodeReport:
     program_stats: Mapping[str, Mapping[str, tuple[int, int]]]
     sample_duration_seconds: float
 
-    @property
-    def tail_latency_p99(self) -> float | None:
-        return self.rtt_p99_ms
+    def figure(self, probe: str, name: str) -> Any:
+        """A node figure of a probe; None when the probe is not up or has no such figure."""
+        f = self.figures.get(probe)
+        return None if f is None else f.node.get(name)

@@ -1,4 +1,6 @@
-"""Runs every probe through one guard: start, read and close, each failure kept local.
+"""The tick: every probe and node reader through one guard -> one NodeReport per window.
+
+ProbeSet runs every probe through one guard: start, read and close, each failure kept local.
 
 A probe whose start fails is ``down`` with the reason and is retried later with exponential
 backoff; a probe the kernel cannot support is ``unsupported`` (logged once, never retried);
@@ -13,13 +15,22 @@ A lock guards each probe's state; ``start()`` itself runs outside it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
-from agent.model import ProbeSnapshot, ProbeState, ProbeStateKind, window
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from agent.config import Config
+from agent.model import (NodeReport, NodeResources, PodSample, ProbeSnapshot, ProbeState,
+                         ProbeStateKind, window)
 from agent.probes.base import Probe, ProbeUnsupported
+from agent.procfs import (CpuTimes, cpu_utilization, parse_meminfo, parse_proc_stat,
+                          read_netns_tcp, tcp_window)
+from agent.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +214,121 @@ class ProbeRetrier:
                 self.probes.retry_due()
             except Exception:  # noqa: BLE001 - a bug here must not end the retries
                 log.exception("probe retry failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# the tick
+
+
+class PodSource(Protocol):
+    def pods(self) -> Sequence[PodSample]: ...
+
+    def allocatable(self) -> tuple[float | None, int | None] | None: ...
+
+
+class NoPods:
+    """Standalone without pod readers: node figures only."""
+
+    def pods(self) -> Sequence[PodSample]:
+        return ()
+
+    def allocatable(self) -> None:
+        return None
+
+
+class Sampler:
+    """Reads every probe and reader through a guard and builds one report per call."""
+
+    def __init__(self, config: Config, probes: ProbeSet, pod_source: PodSource | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.probes = probes
+        self.pod_source = pod_source or NoPods()
+        self.clock = clock
+        self.node_name = config.resolved_node_name()
+        self.sequence = 0
+        self.reader_errors: dict[str, int] = {}
+        self.cycle_errors = 0
+        self._last_error_log: dict[str, float] = {}
+        self._prev_cpu: CpuTimes | None = None
+        self._prev_tcp = None
+        self._t_prev: float | None = None
+
+    def _guard(self, reader: str, fn: Callable, default=None):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - one reader never stops the cycle
+            self.reader_errors[reader] = self.reader_errors.get(reader, 0) + 1
+            now = self.clock()
+            if now - self._last_error_log.get(reader, -1e9) > 60:
+                log.warning("reader %s failed: %s (further errors logged once a minute)", reader, e)
+                self._last_error_log[reader] = now
+            return default
+
+    def start(self) -> None:
+        """Take the baselines the first window is measured from."""
+        self.probes.read_windows()
+        self._t_prev = self.clock()
+        proc = self.config.proc_root
+        self._prev_cpu = self._guard("proc_stat", lambda: parse_proc_stat((proc / "stat").read_text()))
+        self._prev_tcp = self._guard("net_snmp", lambda: read_netns_tcp(proc))
+
+    def tick(self) -> NodeReport:
+        t0 = self.clock()
+        windows = self.probes.read_windows()  # retries run on the ProbeRetrier's thread
+        t_read = self.clock()  # the report's window: from one probe read to the next
+        proc = self.config.proc_root
+        cpu = self._guard("proc_stat", lambda: parse_proc_stat((proc / "stat").read_text()))
+        util = cpu_utilization(self._prev_cpu, cpu) if cpu else None
+        self._prev_cpu = cpu or self._prev_cpu
+        tcp = self._guard("net_snmp", lambda: read_netns_tcp(proc))
+        segs = tcp_window(self._prev_tcp, tcp) if tcp is not None else None
+        self._prev_tcp = tcp if tcp is not None else self._prev_tcp
+        mem = self._guard("meminfo", lambda: parse_meminfo((proc / "meminfo").read_text()))
+        pods = self._guard("pods", self.pod_source.pods, default=()) or ()
+        alloc = self._guard("allocatable", self.pod_source.allocatable)
+        ncpu = os.cpu_count() or 1
+        cpu_alloc, mem_alloc = alloc if alloc else (float(ncpu), mem[0] if mem else None)
+        resources = NodeResources(
+            cpu_allocatable=cpu_alloc,
+            memory_allocatable=mem_alloc,
+            cpu_utilization=util,
+            cpu_used=util * ncpu if util is not None else None,
+            memory_used=(mem[0] - mem[1]) if mem else None,
+        )
+        window = t_read - (self._t_prev if self._t_prev is not None else t0)
+        self._t_prev = t_read
+        self.sequence += 1
+        return build_report(
+            self.config,
+            node_name=self.node_name,
+            sequence=self.sequence,
+            timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            window_seconds=max(window, 1e-3),
+            states=self.probes.states,
+            windows=windows,
+            cumulative=self.probes.cumulative(),
+            tcp_segments=segs,
+            resources=resources,
+            network_namespaces=len(tcp) if tcp is not None else None,
+            pods=pods,
+            program_stats=self.probes.program_stats(self._bpf_stats_enabled()),
+            sample_duration_seconds=self.clock() - t0,
+        )
+
+    def _bpf_stats_enabled(self) -> bool:
+        try:
+            return (self.config.proc_root / "sys/kernel/bpf_stats_enabled").read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def metrics(self) -> Iterator[Metric]:
+        e = CounterMetricFamily("ebpf_agent_reader_errors", "Failed reads by reader (the cycle goes on)",
+                                labels=["reader"])
+        for r, n in sorted(self.reader_errors.items()):
+            e.add_metric([r], n)
+        yield e
+        c = CounterMetricFamily("ebpf_agent_cycle_errors",
+                                "Sampling cycles that failed as a whole (the last report stays published)")
+        c.add_metric([], self.cycle_errors)
+        yield c

@@ -17,10 +17,14 @@ log = logging.getLogger(__name__)
 
 
 class Server:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 latest: Callable[[], NodeReport | None],
-                 payload: Callable[[], dict | None],
-                 states: Callable[[], dict[str, ProbeState]], liveness) -> None:
+    """Binds HOST:PORT when made (an unusable port is found before anything else starts);
+    serves once ``start`` is given what to serve."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry | None = None,
+                 latest: Callable[[], NodeReport | None] | None = None,
+                 payload: Callable[[], dict | None] | None = None,
+                 states: Callable[[], dict[str, ProbeState]] | None = None,
+                 liveness=None) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,7 +99,13 @@ class Server:
             lines.append(f"probe {name}: {st.state.value}" + (f" ({st.reason})" if st.reason else ""))
         return (200 if ready else 503), "\n".join(lines) + "\n"
 
-    def start(self) -> None:
+    def start(self, **serve) -> None:
+        """Start serving; keyword arguments (registry, latest, payload, states, liveness)
+        replace what was given at construction."""
+        for k, v in serve.items():
+            if k not in ("registry", "latest", "payload", "states", "liveness"):
+                raise TypeError(f"Server.start: unknown argument {k!r}")
+            setattr(self, k, v)
         self._thread.start()
 
     def stop(self) -> None:

@@ -3,141 +3,37 @@
 ``--passive`` makes no load: it watches the node's own traffic, and a probe that saw nothing
 there is "quiet", not failed (a healthy node may have no retransmits or drops).
 
-The load stays on loopback and is bounded in bytes and time: a TCP transfer (IPv4 and, where
-loopback has it, IPv6), connections to a closed port (NO_SOCKET drops), a listener with a full
-backlog that makes waiting clients retransmit their SYNs, and a short burst of CPU contention
-(twice as many busy processes as CPUs).
+Each probe's spec says how it is provoked (``Smoke.load``, from agent/loads.py: loopback only,
+bounded in bytes and time) and how its result is shown; this module names no probe.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Mapping, Sequence
 
 from agent.model import ProbeSnapshot, ProbeState, ProbeStateKind, merge_histograms
+from agent.probes import registry
+from agent.probes.spec import ProbeSpec
 from agent.stats.histogram import percentile
 
-TRANSFER_BYTES = 16 * 1024 * 1024
-TRANSFER_SECONDS = 2.0
-
-
-def _free_port(family: int, host: str) -> int:
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def tcp_transfer(family: int = socket.AF_INET, host: str = "127.0.0.1",
-                 nbytes: int = TRANSFER_BYTES, seconds: float = TRANSFER_SECONDS) -> int:
-    """Send up to ``nbytes`` over loopback within ``seconds``; returns bytes sent."""
-    srv = socket.socket(family, socket.SOCK_STREAM)
-    srv.bind((host, 0))
-    srv.listen(1)
-    srv.settimeout(seconds + 2)
-
-    def sink() -> None:
-        with contextlib.suppress(OSError):
-            conn, _ = srv.accept()
-            with conn:
-                conn.settimeout(seconds + 2)
-                while conn.recv(1 << 16):
-                    pass
-
-    t = threading.Thread(target=sink, daemon=True)
-    t.start()
-    sent = 0
-    deadline = time.monotonic() + seconds
-    chunk = b"\0" * 65536
-    try:
-        with socket.create_connection(srv.getsockname()[:2], timeout=seconds) as c:
-            while sent < nbytes and time.monotonic() < deadline:
-                c.sendall(chunk)
-                sent += len(chunk)
-    finally:
-        t.join(seconds + 3)
-        srv.close()
-    return sent
-
-
-def closed_port_connects(count: int = 5, host: str = "127.0.0.1") -> int:
-    """Connect to a port nobody listens on; each SYN is dropped as NO_SOCKET."""
-    refused = 0
-    for _ in range(count):
-        port = _free_port(socket.AF_INET, host)
-        with socket.socket() as s:
-            s.settimeout(1)
-            try:
-                s.connect((host, port))
-            except ConnectionRefusedError:
-                refused += 1
-            except OSError:
-                pass
-    return refused
-
-
-@contextlib.contextmanager
-def syn_backlog_retransmits(clients: int = 4, host: str = "127.0.0.1") -> Iterator[None]:
-    """A listener with ``listen(0)`` that never accepts: further SYNs are dropped and each
-    waiting client retransmits its SYN (first after ~1 s). Held open for the ``with`` body."""
-    lst = socket.socket()
-    lst.bind((host, 0))
-    lst.listen(0)
-    socks = []
-    try:
-        for _ in range(clients):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(lst.getsockname())
-            socks.append(s)
-        yield
-    finally:
-        for s in socks:
-            s.close()
-        lst.close()
-
-
-def cpu_contention(seconds: float = 1.0, factor: int = 2) -> int:
-    """Run ``factor`` busy processes per CPU for ``seconds``; returns how many ran."""
-    n = factor * (os.cpu_count() or 1)
-    code = f"import time\nend=time.monotonic()+{seconds}\nwhile time.monotonic()<end: pass\n"
-    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
-    for p in procs:
-        try:
-            p.wait(timeout=seconds + 10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return n
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-def generate_load() -> dict[str, int]:
-    """All of the above, overlapped; about three seconds."""
+def generate_load(specs: Sequence[ProbeSpec] | None = None) -> dict[str, int]:
+    """Every probe's own smoke load (its spec's ``Smoke.load``), overlapped: the loads that
+    hold state open (a full SYN backlog) first, then the others in turn; then wait until each
+    load's events had time to arrive. About three seconds for the four probes."""
+    specs = tuple(specs) if specs is not None else registry.specs()
+    smokes = [s.smoke for s in specs if s.smoke is not None and s.smoke.load is not None]
+    smokes.sort(key=lambda sm: not sm.background)  # stable: background loads first
     done: dict[str, int] = {}
-    with syn_backlog_retransmits():
-        t0 = time.monotonic()
-        done["tcp_bytes_v4"] = tcp_transfer()
-        if ipv6_loopback():
-            done["tcp_bytes_v6"] = tcp_transfer(socket.AF_INET6, "::1", nbytes=4 << 20, seconds=1)
-        done["closed_port_refused"] = closed_port_connects()
-        done["cpu_hogs"] = cpu_contention()
-        # the first SYN retransmission comes about one second after the connect
-        remaining = 2.5 - (time.monotonic() - t0)
+    settle_until = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        for sm in smokes:
+            t0 = time.monotonic()
+            done.update(stack.enter_context(sm.load()))
+            settle_until = max(settle_until, t0 + sm.settle_seconds)
+        remaining = settle_until - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
     return done
@@ -153,8 +49,9 @@ class ProbeResult:
     events: int = 0
     reason: str = ""
     unit: str = ""
-    p50: float | None = None
+    p50: float | None = None  # in the probe's unit
     p99: float | None = None
+    unit_seconds: float | None = None
     top_reasons: dict[str, int] = field(default_factory=dict)
     lost: int = 0
     detail: dict[str, str] = field(default_factory=dict)
@@ -183,10 +80,14 @@ class ProbeResult:
 
 def summarize(states: Mapping[str, ProbeState], windows: Mapping[str, ProbeSnapshot],
               costs: Mapping[str, float] | None = None,
-              passive: bool = False) -> dict[str, ProbeResult]:
+              passive: bool = False,
+              specs: Sequence[ProbeSpec] | None = None) -> dict[str, ProbeResult]:
+    by_name = {s.name: s for s in (specs if specs is not None else registry.specs())}
     out = {}
     for name, st in states.items():
         r = ProbeResult(state=st.state.value, reason=st.reason, detail=dict(st.detail))
+        spec = by_name.get(name)
+        show = spec.smoke.show if spec is not None and spec.smoke is not None else "keys"
         w = windows.get(name)
         if w is not None:
             r.events = w.events
@@ -194,9 +95,10 @@ def summarize(states: Mapping[str, ProbeState], windows: Mapping[str, ProbeSnaps
             if w.hists:
                 h = merge_histograms(w.hists.values())
                 r.unit = w.unit
+                r.unit_seconds = spec.hist.unit_seconds if spec is not None and spec.hist else None
                 r.p50 = percentile(h.layout, h.counts, 0.50)
                 r.p99 = percentile(h.layout, h.counts, 0.99)
-            if w.counts and name == "skb_drop":
+            if w.counts and show == "top_keys":
                 top = sorted(w.counts.items(), key=lambda kv: -kv[1])[:5]
                 r.top_reasons = dict(top)
             if st.state is ProbeStateKind.UP and r.events == 0:
@@ -218,13 +120,11 @@ def passed(results: Mapping[str, ProbeResult], passive: bool = False) -> bool:
     return bool(supported) and all(r.state == "up" and (passive or r.events > 0) for r in supported)
 
 
-def _fmt_value(v: float | None, unit: str) -> str:
+def _fmt_value(v: float | None, unit_seconds: float | None) -> str:
     if v is None:
         return "-"
-    if unit == "us":
-        return f"{v / 1000:.3f}ms"
-    if unit == "ns":
-        return f"{v / 1e6:.3f}ms"
+    if unit_seconds is not None:
+        return f"{v * unit_seconds * 1000:.3f}ms"
     return f"{v:g}"
 
 
@@ -234,7 +134,7 @@ def render_table(results: Mapping[str, ProbeResult]) -> str:
         if r.state != "up":
             detail = r.reason
         elif r.unit:
-            detail = f"p50={_fmt_value(r.p50, r.unit)} p99={_fmt_value(r.p99, r.unit)}"
+            detail = f"p50={_fmt_value(r.p50, r.unit_seconds)} p99={_fmt_value(r.p99, r.unit_seconds)}"
         elif r.top_reasons:
             detail = "top: " + ", ".join(f"{k}={v}" for k, v in r.top_reasons.items())
         else:

@@ -23,7 +23,7 @@ import sys
 import time
 
 from agent.config import Config
-from agent.kernel import detect
+from agent.probes import registry
 from agent.probes.runqlat import RunqlatProbe
 from agent.probes.tcp_rtt import TcpRttProbe
 from agent.stats.histogram import percentile
@@ -106,7 +106,7 @@ def run(seconds: float) -> list[dict]:
     from bcc import BPF
 
     config = Config()
-    kernel = detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root)
+    kernel = registry.detect_kernel(config)
     rtt, runq = TcpRttProbe(config, kernel), RunqlatProbe(config, kernel)
     rows = []
     # -- tcp_rtt --

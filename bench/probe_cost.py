@@ -19,8 +19,8 @@ import os
 import statistics
 
 from agent.config import Config
-from agent.kernel import detect, enable_bpf_stats
-from agent.probes import PROBE_CLASSES
+from agent.kernel import enable_bpf_stats
+from agent.probes import registry
 from agent.probes.base import read_prog_stats
 from bench.load import run_lab_load
 
@@ -63,8 +63,8 @@ def run(seconds: float, reps: int = 3) -> dict:
     from bcc import BPF
 
     config = Config()
-    kernel = detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root)
-    probes = [cls(config, kernel) for cls in PROBE_CLASSES.values()]
+    kernel = registry.detect_kernel(config)
+    probes = registry.build(config, kernel)
     empty_src = "enum skb_drop_reason { EBPF_EDGE_BENCH_SIZE_ONLY };\n" + "\n".join(
         v for k, v in EMPTY.items() if kernel.tracepoint(k) is not None)
     empty_first = BPF(text=empty_src)

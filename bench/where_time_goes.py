@@ -16,14 +16,17 @@ import json
 import subprocess
 
 from agent.config import Config
-from agent.kernel import detect, enable_bpf_stats
-from agent.probes import PROBE_CLASSES
+from agent.kernel import enable_bpf_stats
+from agent.probes import registry
 from agent.probes.base import inline_includes, load_source, read_prog_stats
 from bench.load import run_lab_load
 
 REF = "444fe1f"  # before the per-CPU / array rework of the probes
 
-PRELUDE = '#include "common.h"\nenum skb_drop_reason { EBPF_EDGE_BENCH_SIZE_ONLY };\n'
+PRELUDE = '#include "common.h"\n#include "hist.h"\nenum skb_drop_reason { EBPF_EDGE_BENCH_SIZE_ONLY };\n'
+# hist.h needs these; probes without a histogram no longer pass them (and C files from before
+# the probe-spec rework include hist.h through common.h)
+HIST_FALLBACK = ["-DHIST_SUB_BITS=5", "-DHIST_MAX_SHIFT=0"]
 
 EMPTY = "TRACEPOINT_PROBE({sys}, {ev}) {{ return 0; }}"
 
@@ -86,8 +89,8 @@ def run(seconds: float, ref: str) -> dict:
     from bcc import BPF
 
     config = Config()
-    kernel = detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root)
-    probes = {name: cls(config, kernel) for name, cls in PROBE_CLASSES.items()}
+    kernel = registry.detect_kernel(config)
+    probes = {p.name: p for p in registry.build(config, kernel)}
     loaded: list[tuple[str, str, object]] = []  # (tracepoint, variant, BPF)
 
     def load(tp: str, variant: str, text: str, cflags: list[str]) -> None:
@@ -105,20 +108,21 @@ def run(seconds: float, ref: str) -> dict:
     try:
         for tp in VARIANTS:  # empties attached first
             sys_, ev = tp.split(":")
-            load(tp, "empty (attached first)", PRELUDE.split("\n")[1] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
+            load(tp, "empty (attached first)", PRELUDE.split("\n")[2] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
         for tp, variants in VARIANTS.items():
             probe = probes[PROBE_OF[tp]]
-            flags = probe.cflags()
+            flags = probe.cflags() + ([] if probe.spec.hist else HIST_FALLBACK)
             for name, text in variants.items():
                 load(tp, name, PRELUDE + text, flags)
         for name, probe in probes.items():
             for label, rev in ((f"probe @ {ref}", ref), ("probe (working tree)", None)):
-                b = BPF(text=src(rev, probe.source), cflags=probe.cflags())
+                flags = probe.cflags() + ([] if probe.spec.hist or rev is None else HIST_FALLBACK)
+                b = BPF(text=src(rev, probe.spec.source), cflags=flags)
                 for fname in b.funcs:
                     loaded.append((_tp(fname.decode()), label, b))
         for tp in VARIANTS:
             sys_, ev = tp.split(":")
-            load(tp, "empty (attached last)", PRELUDE.split("\n")[1] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
+            load(tp, "empty (attached last)", PRELUDE.split("\n")[2] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
         fd = enable_bpf_stats()
         if fd is None:
             raise SystemExit("BPF_ENABLE_STATS refused: need root and kernel >= 5.8")

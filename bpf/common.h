@@ -8,8 +8,6 @@
 #ifndef EBPF_EDGE_COMMON_H
 #define EBPF_EDGE_COMMON_H
 
-#include "hist.h"
-
 #ifndef AF_INET
 #define AF_INET 2
 #endif
@@ -33,8 +31,7 @@ static __always_inline void addr_from_v4(u8 *dst, const u8 *v4)
     dst[15] = v4[3];
 }
 
-/* Events the kernel could not record (a bounded map was full) are counted in a one-slot
- * per-CPU array named <probe>_lost, read by user space. (BCC does not allow map calls inside
- * macros, so each probe has its own small count_lost() function.) */
+/* Probes with a histogram include hist.h (it needs HIST_SUB_BITS and HIST_MAX_SHIFT); probes
+ * with a bounded map include lost.bpf.h for count_lost(). */
 
 #endif

@@ -10,12 +10,14 @@
  * its pid: an array lookup is a few inlined instructions, where a hash update on wakeup plus a
  * hash lookup and delete on switch were the probe's main cost. Two runnable tasks whose pids
  * share an entry collide: the later one overwrites it and the earlier one's sample is counted
- * in runq_lost. A consumed entry is marked empty (ts = 0) rather than deleted.
+ * in lost_events. A consumed entry is marked empty (ts = 0) rather than deleted.
  *
  * Maps: runq_enqueued_at (pid % RUNQ_MAX_TASKS -> {ts ns, pid}; collisions counted in
- *       runq_lost), runq_latency_hist (per-CPU array of {count, sum ns} by slot).
+ *       lost_events), runq_latency_hist (per-CPU array of {count, sum ns} by slot).
  */
 #include "common.h"
+#include "hist.h"
+#include "lost.bpf.h"
 
 struct runq_start {
     u64 ts;   /* enqueue time (ns), 0 = empty */
@@ -25,15 +27,6 @@ struct runq_start {
 
 BPF_ARRAY(runq_enqueued_at, struct runq_start, RUNQ_MAX_TASKS);
 BPF_PERCPU_ARRAY(runq_latency_hist, struct hist_value, HIST_SLOTS);
-BPF_PERCPU_ARRAY(runq_lost, u64, 1);
-
-static __always_inline void count_lost(void)
-{
-    int zero = 0;
-    u64 *lost = runq_lost.lookup(&zero);
-    if (lost)
-        (*lost)++;
-}
 
 static __always_inline void enqueue(u32 pid, u64 now)
 {

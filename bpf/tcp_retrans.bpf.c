@@ -9,22 +9,14 @@
  *   retrans_rows     per-CPU array indexed by row, for addresses that have a row
  *                    (addr_rows.bpf.h): no cache line shared between CPUs
  *   retrans_by_addr  hash {address} -> count, for addresses that found no row; bounded by
- *                    RETRANS_MAX_ENTRIES, an event that finds it full is counted in retrans_lost
+ *                    RETRANS_MAX_ENTRIES, an event that finds it full is counted in lost_events
  */
 #include "common.h"
+#include "lost.bpf.h"
 #include "addr_rows.bpf.h"
 
 BPF_PERCPU_ARRAY(retrans_rows, u64, ADDR_ROWS);
 BPF_HASH(retrans_by_addr, struct addr_key, u64, RETRANS_MAX_ENTRIES);
-BPF_PERCPU_ARRAY(retrans_lost, u64, 1);
-
-static __always_inline void count_lost(void)
-{
-    int zero = 0;
-    u64 *lost = retrans_lost.lookup(&zero);
-    if (lost)
-        (*lost)++;
-}
 
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {

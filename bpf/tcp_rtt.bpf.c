@@ -15,10 +15,12 @@
  *                syscall per slot
  *   rtt_row_sum  per-CPU array, row -> sum of srtt in us (one atomic per event, not two)
  *   rtt_hist     hash {address, slot} -> {count, sum} for addresses that found no row; bounded
- *                by RTT_MAX_ENTRIES, an event that finds it full is counted in rtt_lost
+ *                by RTT_MAX_ENTRIES, an event that finds it full is counted in lost_events
  */
 #include <linux/in6.h>
 #include "common.h"
+#include "hist.h"
+#include "lost.bpf.h"
 #include "addr_rows.bpf.h"
 
 struct rtt_key {
@@ -29,15 +31,6 @@ struct rtt_key {
 BPF_F_TABLE("array", int, u64, rtt_rows, ADDR_ROWS * HIST_SLOTS, BPF_F_MMAPABLE);
 BPF_PERCPU_ARRAY(rtt_row_sum, u64, ADDR_ROWS);
 BPF_HASH(rtt_hist, struct rtt_key, struct hist_value, RTT_MAX_ENTRIES);
-BPF_PERCPU_ARRAY(rtt_lost, u64, 1);
-
-static __always_inline void count_lost(void)
-{
-    int zero = 0;
-    u64 *lost = rtt_lost.lookup(&zero);
-    if (lost)
-        (*lost)++;
-}
 
 TRACEPOINT_PROBE(tcp, tcp_probe)
 {

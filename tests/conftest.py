@@ -35,3 +35,42 @@ def pytest_configure(config):
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupted)
+
+
+class FakeProbe:
+    """The one stand-in for a probe (the Probe protocol: name, start, read, close, detail).
+
+    ``snapshot(n)`` makes the cumulative snapshot of the n-th read (default: a count under key
+    "k" growing by 5 a read). ``start_exc`` is raised by every start, ``read_exc`` by every
+    read, ``fail_read_after`` makes reads after that many fail as a map read would."""
+
+    def __init__(self, name, snapshot=None, start_exc=None, read_exc=None, fail_read_after=None,
+                 on_start=None):
+        from agent.model import ProbeSnapshot
+
+        self.name = name
+        self.snapshot = snapshot or (lambda n: ProbeSnapshot(name, "", 0.0, counts={"k": 5 * n}))
+        self.start_exc = start_exc
+        self.read_exc = read_exc
+        self.fail_read_after = fail_read_after
+        self.on_start = on_start
+        self.starts = self.reads = self.closed = 0
+        self.detail = {}
+
+    def start(self):
+        self.starts += 1
+        if self.start_exc:
+            raise self.start_exc
+        if self.on_start:
+            self.on_start()
+
+    def read(self):
+        self.reads += 1
+        if self.read_exc:
+            raise self.read_exc
+        if self.fail_read_after is not None and self.reads > self.fail_read_after:
+            raise OSError("map read failed: EFAULT")
+        return self.snapshot(self.reads)
+
+    def close(self):
+        self.closed += 1

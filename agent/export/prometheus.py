@@ -7,27 +7,20 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
-from agent.model import NodeReport, ProbeStateKind, merge_histograms
+from agent.model import Histogram, NodeReport, ProbeStateKind
+from agent.probes import registry
+from agent.probes.spec import ProbeSpec, Series
 from agent.stats.histogram import cumulative_buckets, export_bounds
 
 log = logging.getLogger(__name__)
 
 # exported histogram buckets: 4 per power of two, every bound a slot boundary
-HIST_EXPORT = {
-    # probe: (metric, help, unit scale to seconds, lo, hi in the probe's unit)
-    "tcp_rtt": ("ebpf_tcp_rtt_seconds",
-                "TCP smoothed RTT (srtt) sampled on ACK processing, all local addresses", 1e-6,
-                1 << 2, 1 << 25),
-    "runqlat": ("ebpf_runqlat_seconds",
-                "Run-queue latency: time from wakeup (or preemption) to running", 1e-9,
-                1 << 10, 1 << 34),
-}
 PER_OCTAVE = 4
 
 
@@ -109,42 +102,61 @@ def exported_pods(r: NodeReport, options: ExportOptions) -> tuple[list, int]:
     return sorted(keep, key=lambda p: (p.namespace, p.pod, p.uid)), len(pods) - len(keep)
 
 
-def render_report(r: NodeReport, options: ExportOptions = ExportOptions()) -> list[Metric]:
+def _family(s: Series, labels: list[str]):
+    cls = CounterMetricFamily if s.kind == "counter" else GaugeMetricFamily
+    return cls(s.name, s.help, labels=labels)
+
+
+def _node_series(spec: ProbeSpec, s: Series, figures, options: ExportOptions) -> Metric | None:
+    """One probe family from a node figure; None when the figure is unavailable."""
+    v = None if figures is None else figures.node.get(s.figure)
+    if v is None:
+        return None
+    if s.kind == "histogram":
+        return _histogram(spec, s, v, options)
+    fam = _family(s, [s.label] if s.label else [])
+    if s.label:
+        for k, x in sorted(v.items()):
+            fam.add_metric([k], float(x) * s.scale)
+    else:
+        fam.add_metric([], float(v) * s.scale)
+    return fam
+
+
+def _histogram(spec: ProbeSpec, s: Series, h: Histogram, options: ExportOptions) -> Metric:
+    """A cumulative kernel histogram as a Prometheus histogram in seconds; every bucket bound
+    is a slot boundary, so histogram_quantile agrees with the agent's own percentiles."""
+    hs = spec.hist
+    bounds = export_bounds(h.layout, options.buckets_per_octave, hs.export_lo, hs.export_hi)
+    cum = cumulative_buckets(h.layout, h.counts, bounds)
+    buckets = [(_le(b * hs.unit_seconds), c) for b, c in zip(bounds, cum)] + [("+Inf", cum[-1])]
+    hm = HistogramMetricFamily(s.name, s.help)
+    hm.add_metric([], buckets, sum_value=h.total * hs.unit_seconds)
+    return hm
+
+
+def render_report(r: NodeReport, options: ExportOptions = ExportOptions(),
+                  specs: Sequence[ProbeSpec] | None = None) -> list[Metric]:
+    specs = tuple(specs) if specs is not None else registry.specs()
     out: list[Metric] = []
-    # --- the seed design's gauges (names fixed) -----------------------------------------------
-    _gauge("ebpf_rtt_p50_milliseconds", "TCP smoothed RTT p50 over the last window (ms)", r.rtt_p50_ms, out)
-    _gauge("ebpf_rtt_p90_seconds", "TCP smoothed RTT p90 over the last window",
-           None if r.rtt_p90_ms is None else r.rtt_p90_ms / 1000, out)
-    _gauge("ebpf_rtt_p99_milliseconds", "TCP smoothed RTT p99 over the last window (ms)", r.rtt_p99_ms, out)
+    # --- each probe's node series, from its declaration (absent while the probe is not up) ---
+    for spec in specs:
+        for s in spec.series:
+            if not s.per_pod:
+                m = _node_series(spec, s, r.figures.get(spec.name), options)
+                if m is not None:
+                    out.append(m)
+    # --- node readers: the seed design's gauges (names fixed), then the node's figures -------
     _gauge("ebpf_tcp_retrans_rate",
            "Share of TCP segments sent over the last window that were retransmissions: "
            "RetransSegs / (OutSegs + RetransSegs), kernel SNMP counters of every network namespace",
            r.retrans_rate, out)
     _gauge("ebpf_network_namespaces", "Network namespaces whose TCP counters the retransmit "
            "rate sums (those with at least one process)", r.network_namespaces, out)
-    _gauge("ebpf_drop_rate", "Dropped skbs per second over the last window (all reasons; "
-           "NOT_DROPPED_YET and CONSUMED are not drops)", r.drop_rate, out)
-    if r.drop_rate is not None:
-        g = GaugeMetricFamily("ebpf_drop_reason_rate",
-                              "Dropped skbs per second over the last window, by kernel drop reason",
-                              labels=["reason"])
-        for reason, rate in sorted(r.drop_reason_rates.items()):
-            g.add_metric([reason], rate)
-        out.append(g)
-    _gauge("ebpf_drop_rate_weighted", "Drop rate weighted by reason (score input), per second",
-           r.drop_rate_weighted, out)
-    _gauge("ebpf_runqlat_p50_seconds", "Run-queue latency p50 over the last window",
-           None if r.runqlat_p50_ms is None else r.runqlat_p50_ms / 1000, out)
-    _gauge("ebpf_runqlat_p95_milliseconds", "Run-queue latency p95 over the last window (ms)", r.runqlat_p95_ms, out)
-    _gauge("ebpf_runqlat_p99_seconds", "Run-queue latency p99 over the last window",
-           None if r.runqlat_p99_ms is None else r.runqlat_p99_ms / 1000, out)
     _gauge("ebpf_cpu_utilization", "Busy share of all CPUs over the last window (0..1)", r.cpu_utilization, out)
-    # --- node figures -----------------------------------------------------------------------------
     _gauge("ebpf_node_score", "Node score 0..100, higher is healthier", r.score, out)
     _gauge("ebpf_dominant_share", "max(cpu used/allocatable, memory used/allocatable)", r.dominant_share, out)
     _gauge("ebpf_per_task_fairness", "Jain's fairness index over tenants' dominant shares", r.per_task_fairness, out)
-    _gauge("ebpf_slo_violation_rate", "Share of RTT samples above their pod's SLO over the last window",
-           r.slo_violation_rate, out)
     _gauge("ebpf_cpu_used_cores", "CPU used by the node over the last window (cores)", r.cpu_used, out)
     _gauge("ebpf_cpu_allocatable_cores", "Allocatable CPU of the node (cores)", r.cpu_allocatable, out)
     _gauge("ebpf_memory_used_bytes", "Memory used by the node (MemTotal - MemAvailable)", r.memory_used, out)
@@ -182,42 +194,13 @@ def render_report(r: NodeReport, options: ExportOptions = ExportOptions()) -> li
         out += [rt, rc]
     _gauge("ebpf_agent_sample_duration_seconds", "Time the last sampling cycle took",
            r.sample_duration_seconds, out)
-    # --- Prometheus-native counters and histograms (cumulative since the probe started) -------
-    if "skb_drop" in r.cumulative:
-        c = CounterMetricFamily("ebpf_skb_drops", "Dropped skbs by kernel drop reason (skbs, not "
-                                "packets: one GRO skb can carry many)", labels=["reason"])
-        for reason, n in sorted(r.cumulative["skb_drop"].counts.items()):
-            c.add_metric([reason], n)
-        out.append(c)
-    if "tcp_retrans" in r.cumulative:
-        c = CounterMetricFamily("ebpf_tcp_retransmit_skbs",
-                                "Retransmitted TCP skbs (one TSO/GSO skb can carry many segments)")
-        c.add_metric([], sum(r.cumulative["tcp_retrans"].counts.values()))
-        out.append(c)
-    for probe, (name, doc, scale, lo, hi) in HIST_EXPORT.items():
-        snap = r.cumulative.get(probe)
-        if snap is None:
-            continue
-        h = merge_histograms(snap.hists.values())
-        if h is None:
-            continue
-        bounds = export_bounds(h.layout, options.buckets_per_octave, lo, hi)
-        cum = cumulative_buckets(h.layout, h.counts, bounds)
-        buckets = [(_le(b * scale), c) for b, c in zip(bounds, cum)] + [("+Inf", cum[-1])]
-        hm = HistogramMetricFamily(name, doc)
-        hm.add_metric([], buckets, sum_value=h.total * scale)
-        out.append(hm)
     # --- per pod (only pods in the latest report: gone pods stop appearing) --------------------
     labels = ["namespace", "pod"]
     fams = {
-        "rtt_p50": GaugeMetricFamily("ebpf_pod_rtt_p50_seconds", "Pod's TCP srtt p50 over the last window", labels=labels),
-        "rtt_p99": GaugeMetricFamily("ebpf_pod_rtt_p99_seconds", "Pod's TCP srtt p99 over the last window", labels=labels),
-        "slo": GaugeMetricFamily("ebpf_pod_slo_violation_rate", "Share of the pod's RTT samples above its SLO", labels=labels),
         "cpu": GaugeMetricFamily("ebpf_pod_cpu_used_cores", "Pod CPU used over the last window (cores)", labels=labels),
         "cpu_limit": GaugeMetricFamily("ebpf_pod_cpu_limit_cores", "Pod CPU limit from cpu.max (cores)", labels=labels),
         "mem": GaugeMetricFamily("ebpf_pod_memory_used_bytes", "Pod memory working set", labels=labels),
         "mem_limit": GaugeMetricFamily("ebpf_pod_memory_limit_bytes", "Pod memory limit from memory.max", labels=labels),
-        "retrans": CounterMetricFamily("ebpf_pod_tcp_retransmit_skbs", "Retransmitted TCP skbs from the pod's addresses", labels=labels),
         "rx": GaugeMetricFamily("ebpf_pod_network_receive_bytes_per_second", "Bytes the pod's network namespace received per second over the last window", labels=labels),
         "tx": GaugeMetricFamily("ebpf_pod_network_transmit_bytes_per_second", "Bytes the pod's network namespace sent per second over the last window", labels=labels),
         "throttled": GaugeMetricFamily("ebpf_pod_cpu_throttled_ratio", "Share of the pod's CFS periods throttled over the last window", labels=labels),
@@ -228,7 +211,7 @@ def render_report(r: NodeReport, options: ExportOptions = ExportOptions()) -> li
         "rx_total": CounterMetricFamily("ebpf_pod_network_receive_bytes", "Bytes the pod's network namespace received, all interfaces (absent for host-network pods)", labels=labels),
         "tx_total": CounterMetricFamily("ebpf_pod_network_transmit_bytes", "Bytes the pod's network namespace sent, all interfaces (absent for host-network pods)", labels=labels),
     }
-    cum_retrans = r.cumulative.get("tcp_retrans")
+    probe_fams = [(spec, s, _family(s, labels)) for spec in specs for s in spec.series if s.per_pod]
     pods, overflow = exported_pods(r, options)
     _gauge("ebpf_pods", "Pods in the latest report (every one is in the push and /report)",
            len(r.pods), out)
@@ -236,11 +219,8 @@ def render_report(r: NodeReport, options: ExportOptions = ExportOptions()) -> li
            "(pod_series off, or beyond max_exported_pods)", overflow, out)
     for p in pods:
         lv = [p.namespace, p.pod]
-        ms = lambda v: None if v is None else v / 1000  # noqa: E731
         per_s = lambda v: None if v is None or not p.net_seconds else v / p.net_seconds  # noqa: E731
-        for key, v in (("rtt_p50", ms(p.rtt_p50_ms)), ("rtt_p99", ms(p.rtt_p99_ms)),
-                       ("slo", p.slo_violation_rate), ("cpu", p.cpu_used),
-                       ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
+        for key, v in (("cpu", p.cpu_used), ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
                        ("mem_limit", p.memory_limit), ("throttled", p.cpu_throttled_ratio),
                        ("cpu_psi", p.cpu_pressure), ("mem_psi", p.memory_pressure),
                        ("rx", per_s(p.net_rx_bytes)), ("tx", per_s(p.net_tx_bytes)),
@@ -249,7 +229,10 @@ def render_report(r: NodeReport, options: ExportOptions = ExportOptions()) -> li
                        ("rx_total", p.net_rx_bytes_total), ("tx_total", p.net_tx_bytes_total)):
             if v is not None:
                 fams[key].add_metric(lv, float(v))
-        if cum_retrans is not None and not p.host_network and p.addresses:
-            fams["retrans"].add_metric(lv, sum(cum_retrans.counts.get(a, 0) for a in p.addresses))
+        for spec, s, fam in probe_fams:
+            v = p.figures.get(spec.name, {}).get(s.figure)
+            if v is not None:
+                fam.add_metric(lv, float(v) * s.scale)
+    out += [f for _, _, f in probe_fams if f.samples]
     out += [f for f in fams.values() if f.samples]
     return out

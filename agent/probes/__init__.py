@@ -1,13 +1,6 @@
-"""Kernel-facing probes. Only probes/base.py imports bcc."""
+"""Kernel-facing probes: one module per probe (its spec and its reader), one registry.
+Only probes/base.py imports bcc (lazily, when a probe starts)."""
 
-from agent.probes.base import BccProbe, ProbeUnsupported, Probe
-from agent.probes.runqlat import RunqlatProbe
-from agent.probes.skb_drop import SkbDropProbe
-from agent.probes.tcp_retrans import TcpRetransProbe
-from agent.probes.tcp_rtt import TcpRttProbe
+from agent.probes.base import BccProbe, Probe, ProbeError, ProbeUnsupported
 
-PROBE_CLASSES = {
-    cls.name: cls for cls in (TcpRttProbe, TcpRetransProbe, SkbDropProbe, RunqlatProbe)
-}
-
-__all__ = ["BccProbe", "Probe", "ProbeUnsupported", "PROBE_CLASSES"]
+__all__ = ["BccProbe", "Probe", "ProbeError", "ProbeUnsupported"]

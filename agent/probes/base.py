@@ -18,12 +18,15 @@ import threading
 import time
 from array import array
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Mapping, Protocol
 
-from agent.config import Config
-from agent.kernel import KernelInfo
 from agent.model import Histogram, ProbeSnapshot
+from agent.probes.spec import MapSpec, ProbeSpec
 from agent.stats.histogram import SlotLayout
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.kernel import KernelInfo
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +119,12 @@ def read_prog_stats(fd: int, proc_root: str = "/proc") -> tuple[int, int] | None
 
 
 class BccProbe:
-    """One BPF source file, compiled and attached on its own, read as a cumulative snapshot."""
+    """One BPF source file, compiled and attached on its own, read as a cumulative snapshot.
 
-    name: ClassVar[str]
-    source: ClassVar[str]  # file name below Config.bpf_dir
-    required: ClassVar[tuple[str, ...]]  # tracepoints that must exist ("system:event")
-    unit: ClassVar[str] = ""
-    # map name -> (key size, leaf size) as Python reads them; checked right after load
-    contract: ClassVar[Mapping[str, tuple[int, int]]] = {}
+    What the probe is (tracepoints, maps, defines, unit) comes from its ``spec``; a subclass
+    adds only what depends on the running kernel and how its maps are read."""
+
+    spec: ClassVar[ProbeSpec]
 
     def __init__(self, config: Config, kernel: KernelInfo) -> None:
         self.config = config
@@ -132,25 +133,39 @@ class BccProbe:
         self._mapped: dict[str, MappedU64Array] = {}
         self.detail: dict[str, str] = {}
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def layout(self) -> SlotLayout | None:
+        return self.spec.layout(self.config)
+
     # -- to be extended by probes -------------------------------------------------------
     def defines(self) -> dict[str, int | str]:
-        return {}
+        """The spec's defines; a probe adds the ones that depend on the running kernel."""
+        return self.spec.defines(self.config)
 
     def snapshot(self, bpf) -> ProbeSnapshot:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def expected_entries(self) -> Mapping[str, int]:
         """map name -> max_entries the probe asked for (checked after load)."""
-        return {}
+        return self.spec.expected_entries(self.config)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def check_supported(self) -> None:
         if self.kernel.tracefs is None:
             raise ProbeUnsupported("tracefs is not mounted (tried "
                                    + ", ".join(str(p) for p in self.config.tracefs_roots) + ")")
-        for tp in self.required:
+        for tp in self.spec.tracepoints:
             if self.kernel.tracepoint(tp) is None:
                 raise ProbeUnsupported(f"tracepoint {tp} not found in {self.kernel.tracefs}/events")
+        for tp, names in self.spec.fields.items():
+            fmt = self.kernel.tracepoint(tp)
+            for f in names:
+                if not fmt.has(f):
+                    raise ProbeUnsupported(f"{tp} has no {f!r} field on this kernel")
 
     def cflags(self) -> list[str]:
         flags = [f"-I{self.config.bpf_dir.resolve()}"]  # BCC compiles in a virtual dir: absolute
@@ -164,7 +179,7 @@ class BccProbe:
         self.check_supported()
         if not self.kernel.bpf_permitted:
             raise ProbeError(f"not permitted to load BPF: {self.kernel.bpf_permission_detail}")
-        src = self.config.bpf_dir / self.source
+        src = self.config.bpf_dir / self.spec.source
         if not src.is_file():
             raise ProbeError(f"BPF source {src} not found")
         try:
@@ -201,15 +216,20 @@ class BccProbe:
         log.info("probe %s: loaded and attached to %s in %.2fs", self.name,
                  ", ".join(self.attached()), time.monotonic() - t0, extra={"probe": self.name})
 
+    def kernel_notes(self) -> list[tuple[str, str]]:
+        """Extra (feature, finding) lines for check-kernel about what this probe uses."""
+        return []
+
     def attached(self) -> list[str]:
-        return [tp for tp in self.required]
+        return list(self.spec.tracepoints) + [tp for tp in self.spec.optional_tracepoints
+                                              if self.kernel.tracepoint(tp) is not None]
 
     def _check_contract(self, bpf) -> None:
-        for mapname, (ksize, vsize) in self.contract.items():
+        for mapname, (ksize, vsize) in self.spec.contract().items():
             try:
                 table = bpf[mapname.encode()]
             except KeyError:
-                raise ProbeError(f"map {mapname} missing from {self.source}") from None
+                raise ProbeError(f"map {mapname} missing from {self.spec.source}") from None
             # per-CPU maps: BCC keeps the single-CPU leaf type as sLeaf
             leaf = getattr(table, "sLeaf", table.Leaf)
             got = (ctypes.sizeof(table.Key), ctypes.sizeof(leaf))
@@ -263,24 +283,21 @@ class BccProbe:
             m = self._mapped[mapname] = MappedU64Array(bpf[mapname.encode()])
         return m
 
-    @staticmethod
-    def lost(bpf, mapname: str) -> int:
-        table = bpf[mapname.encode()]
+    def lost(self, bpf) -> int:
+        """Events the kernel could not record (the spec's lost map, bpf/lost.bpf.h)."""
+        if self.spec.lost_map is None:
+            return 0
+        table = bpf[self.spec.lost_map.encode()]
         return sum(int(v) for v in table[ctypes.c_int(0)])
 
 
 ADDR_SPILL = 0xFFFFFFFF  # addr_row_of value of an address counted in the probe's hash instead
-# the maps bpf/addr_rows.bpf.h adds to a probe: name -> (key size, leaf size)
-ADDR_ROW_CONTRACT = {"addr_row_of": (16, 4), "addr_row_owner": (4, 16), "addr_cache": (4, 24)}
-
-
-def address_row_defines(config: Config) -> dict[str, int]:
-    return {"ADDR_ROWS": config.fast_addresses, "ADDR_SPILL_ADDRS": config.max_addresses}
-
-
-def address_row_entries(config: Config) -> dict[str, int]:
-    return {"addr_row_of": config.fast_addresses + config.max_addresses,
-            "addr_row_owner": config.fast_addresses}
+# the maps bpf/addr_rows.bpf.h adds to a probe (it also needs -DADDR_SPILL_ADDRS)
+ADDR_ROW_MAPS = (
+    MapSpec("addr_row_of", 16, 4, lambda c: c.fast_addresses + c.max_addresses),
+    MapSpec("addr_row_owner", 4, 16, lambda c: c.fast_addresses, define="ADDR_ROWS"),
+    MapSpec("addr_cache", 4, 24),
+)
 
 
 def address_rows(bpf) -> dict[int, str]:

@@ -4,31 +4,79 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Mapping
 
+from agent import loads
 from agent.kernel import parse_switch_state_mask
 from agent.model import ProbeSnapshot
 from agent.probes.base import BccProbe, hist_from_slots
+from agent.probes.spec import (Context, Field, Figures, HistSpec, MapSpec, ProbeSpec, Series,
+                               Signal, Smoke, merged, quantile_seconds)
 from agent.stats.histogram import SlotLayout
 
 log = logging.getLogger(__name__)
 
-# latencies up to 2**36 ns (68 s) get their own slot
-RUNQ_VALUE_BITS = 36
 # TASK_REPORT_MAX - 1 on every kernel since 4.14; used only if the format cannot be parsed
 FALLBACK_STATE_MASK = 0xFF
 
+HIST = HistSpec(
+    unit="ns", unit_seconds=1e-9,
+    value_bits=36,  # latencies up to 2**36 ns (68 s) get their own slot
+    metric="ebpf_runqlat_seconds",
+    help="Run-queue latency: time from wakeup (or preemption) to running",
+    export_lo=1 << 10, export_hi=1 << 34)
+
+
+def summarize(win: ProbeSnapshot, cum: ProbeSnapshot, ctx: Context) -> Figures:
+    h = merged(win.hists)
+    return Figures(node={"runqlat_p50": quantile_seconds(h, 0.5, HIST),
+                         "runqlat_p95": quantile_seconds(h, 0.95, HIST),
+                         "runqlat_p99": quantile_seconds(h, 0.99, HIST),
+                         "runqlat_hist_total": merged(cum.hists)})
+
+
+SPEC = ProbeSpec(
+    name="runqlat",
+    source="runqlat.bpf.c",
+    summary="run-queue latency: wakeup (or preemption) to running, node-wide",
+    tracepoints=("sched:sched_wakeup", "sched:sched_switch"),
+    optional_tracepoints=("sched:sched_wakeup_new",),
+    maps=(MapSpec("runq_latency_hist", 4, 16, lambda c: HIST.layout(c.hist_sub_bits).slots),
+          MapSpec("runq_enqueued_at", 4, 16, lambda c: c.max_tasks, define="RUNQ_MAX_TASKS"),
+          MapSpec("lost_events", 4, 8, lambda c: 1)),
+    hist=HIST,
+    summarize=summarize,
+    signals=(Signal("runqlat_p95", "runqlat_p95", 1000.0),),  # bounds in ms
+    series=(
+        Series("ebpf_runqlat_p50_seconds", "Run-queue latency p50 over the last window",
+               "runqlat_p50"),
+        Series("ebpf_runqlat_p95_milliseconds", "Run-queue latency p95 over the last window (ms)",
+               "runqlat_p95", scale=1000.0),
+        Series("ebpf_runqlat_p99_seconds", "Run-queue latency p99 over the last window",
+               "runqlat_p99"),
+        Series(HIST.metric, HIST.help, "runqlat_hist_total", kind="histogram"),
+    ),
+    payload=(
+        Field("runqlat_p50_ms", "runqlat_p50", 1000.0),
+        Field("runqlat_p95_ms", "runqlat_p95", 1000.0),
+        Field("runqlat_p99_ms", "runqlat_p99", 1000.0),
+    ),
+    availability="runqlat",
+    smoke=Smoke(load=loads.cpu_contention, show="percentiles",
+                passive="always has samples: every task that wakes up is one"),
+    lost_map="lost_events",
+)
+
+
+def decode(layout: SlotLayout, per_slot: Mapping[int, tuple[int, int]], lost: int,
+           taken_at: float) -> ProbeSnapshot:
+    """``{slot: (count, sum ns)}`` summed over CPUs -> snapshot (pure)."""
+    return ProbeSnapshot(SPEC.name, HIST.unit, taken_at,
+                         hists={"": hist_from_slots(layout, per_slot)}, lost=lost)
+
 
 class RunqlatProbe(BccProbe):
-    name = "runqlat"
-    source = "runqlat.bpf.c"
-    required = ("sched:sched_wakeup", "sched:sched_switch")
-    unit = "ns"
-    contract = {"runq_latency_hist": (4, 16), "runq_enqueued_at": (4, 16), "runq_lost": (4, 8)}
-
-    @property
-    def layout(self) -> SlotLayout:
-        sub = self.config.hist_sub_bits
-        return SlotLayout(sub, RUNQ_VALUE_BITS - sub - 1)
+    spec = SPEC
 
     def state_mask(self) -> int:
         fmt = self.kernel.tracepoint("sched:sched_switch")
@@ -42,24 +90,10 @@ class RunqlatProbe(BccProbe):
         return mask
 
     def defines(self) -> dict:
-        d: dict = {
-            "HIST_SUB_BITS": self.layout.sub_bits,
-            "HIST_MAX_SHIFT": self.layout.max_shift,
-            "RUNQ_MAX_TASKS": self.config.max_tasks,
-            "RUNNABLE_STATE_MASK": hex(self.state_mask()),
-        }
+        d: dict = {**super().defines(), "RUNNABLE_STATE_MASK": hex(self.state_mask())}
         if self.kernel.tracepoint("sched:sched_wakeup_new") is not None:
             d["HAVE_WAKEUP_NEW"] = 1
         return d
-
-    def attached(self) -> list[str]:
-        tps = list(self.required)
-        if self.kernel.tracepoint("sched:sched_wakeup_new") is not None:
-            tps.append("sched:sched_wakeup_new")
-        return tps
-
-    def expected_entries(self):
-        return {"runq_latency_hist": self.layout.slots, "runq_enqueued_at": self.config.max_tasks}
 
     def snapshot(self, bpf) -> ProbeSnapshot:
         slots = {}
@@ -67,6 +101,4 @@ class RunqlatProbe(BccProbe):
             c = self.percpu_sum(per_cpu, "count")
             if c:
                 slots[int(k.value)] = (c, self.percpu_sum(per_cpu, "sum"))
-        return ProbeSnapshot(self.name, self.unit, time.monotonic(),
-                             hists={"": hist_from_slots(self.layout, slots)},
-                             lost=self.lost(bpf, "runq_lost"))
+        return decode(self.layout, slots, self.lost(bpf), time.monotonic())

@@ -20,14 +20,10 @@ CACHE=$WORK/cache
 VENV=$WORK/venv
 VNG_VERSION=${VNG_VERSION:-1.42}
 
-EVENTS=(
-  tcp/tcp_probe
-  tcp/tcp_retransmit_skb
-  skb/kfree_skb
-  sched/sched_wakeup
-  sched/sched_wakeup_new
-  sched/sched_switch
-)
+# every tracepoint a registered probe needs or can use, as system/event (agent/probes/registry.py)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+mapfile -t EVENTS < <(cd "$ROOT" && /usr/bin/python3 -m agent.probes.registry tracepoints --slash)
+[ ${#EVENTS[@]} -gt 0 ] || { echo "capture.sh: no tracepoints from agent.probes.registry" >&2; exit 1; }
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -138,19 +134,20 @@ if [ ! -e $T/events ]; then
   T=/sys/kernel/debug/tracing
 fi
 echo "tracefs=$T" >> "$out/log"
-for ev in tcp/tcp_probe tcp/tcp_retransmit_skb skb/kfree_skb \
-          sched/sched_wakeup sched/sched_wakeup_new sched/sched_switch; do
+# events.txt: one system/event per line, written by capture.sh next to this script
+while read -r ev; do
   if [ -r "$T/events/$ev/format" ]; then
     mkdir -p "$out/$ev"
     cat "$T/events/$ev/format" > "$out/$ev/format"
   else
     echo "missing: $ev" >> "$out/log"
   fi
-done
+done < "$(dirname "$0")/events.txt"
 ls $T/events/tcp $T/events/skb >> "$out/log" 2>&1 || true
 echo done > "$out/DONE"
 EOF
   chmod +x "$WORK/guest-capture.sh"
+  printf '%s\n' "${EVENTS[@]}" > "$WORK/events.txt"
 }
 
 install_result() {

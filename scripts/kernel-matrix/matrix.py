@@ -20,7 +20,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBES = ("tcp_rtt", "tcp_retrans", "skb_drop", "runqlat")
+sys.path.insert(0, str(HERE.parents[1]))
+from agent.probes import registry  # noqa: E402  (standard library only, like this script)
+
+PROBES = registry.names()
 SUITE_LABEL = {"bullseye": "Debian 11 bullseye", "bookworm": "Debian 12 bookworm",
                "trixie": "Debian 13 trixie", "host": "this host"}
 BEGIN_RE = re.compile(r"^<!-- kernel-matrix:begin.*-->$", re.M)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from agent.config import Config
-from agent.kernel import detect
+from agent.probes import registry
 
 if os.geteuid() != 0:
     pytest.skip("real-kernel tests need root (CAP_BPF, CAP_PERFMON, network namespaces)",
@@ -24,7 +24,7 @@ def config() -> Config:
 
 @pytest.fixture(scope="session")
 def kernel(config):
-    k = detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root)
+    k = registry.detect_kernel(config)
     if k.tracefs is None:
         pytest.skip("tracefs is not mounted on this kernel")
     return k

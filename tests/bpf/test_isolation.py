@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from agent.model import ProbeStateKind
-from agent.probes import PROBE_CLASSES
+from agent.probes.registry import probe_class
 from agent.probes.tcp_retrans import TcpRetransProbe
 from agent.sampler import ProbeSet
-from agent import smoke
+from agent import loads, smoke
 
 pytestmark = pytest.mark.bpf
 
@@ -32,8 +32,8 @@ def test_missing_tracepoint_and_compile_error_leave_the_others_counting(config, 
     formats = dict(kernel.formats)
     formats["skb:kfree_skb"] = None  # simulate a kernel without the tracepoint
     k = dataclasses.replace(kernel, formats=formats)
-    probes = [PROBE_CLASSES["tcp_rtt"](config, k), BrokenRetransProbe(config, k),
-              PROBE_CLASSES["skb_drop"](config, k), PROBE_CLASSES["runqlat"](config, k)]
+    probes = [probe_class("tcp_rtt")(config, k), BrokenRetransProbe(config, k),
+              probe_class("skb_drop")(config, k), probe_class("runqlat")(config, k)]
     ps = ProbeSet(probes)
     try:
         states = ps.start_all()
@@ -44,8 +44,8 @@ def test_missing_tracepoint_and_compile_error_leave_the_others_counting(config, 
         assert states["tcp_rtt"].state is ProbeStateKind.UP
         assert states["runqlat"].state is ProbeStateKind.UP
         ps.read_windows()
-        smoke.tcp_transfer(nbytes=4 << 20, seconds=1)
-        smoke.cpu_contention(0.3)
+        loads.tcp_transfer(nbytes=4 << 20, seconds=1)
+        loads.busy_processes(0.3)
         win = ps.read_windows()
     finally:
         ps.close_all()
@@ -119,8 +119,9 @@ def test_passive_smoke_test_makes_no_load_and_passes_when_every_probe_is_readabl
     def no_load(*a, **kw):
         raise AssertionError("the passive smoke test generated load")
 
-    for fn in ("generate_load", "tcp_transfer", "closed_port_connects", "cpu_contention"):
-        monkeypatch.setattr(smoke, fn, no_load)
+    monkeypatch.setattr(smoke, "generate_load", no_load)
+    for fn in ("tcp_transfer", "refused_connects", "busy_processes", "syn_backlog_retransmits"):
+        monkeypatch.setattr(loads, fn, no_load)
     for k in [k for k in __import__("os").environ if k.startswith("EBPF_EDGE_AGENT_")]:
         monkeypatch.delenv(k)
     rc = cli.main(["smoke-test", "--passive", "1", "--json"])

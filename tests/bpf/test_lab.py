@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.model import merge_histograms
-from agent.probes import PROBE_CLASSES
+from agent.probes.registry import probe_class
 from agent.sampler import ProbeSet
 from agent.stats.histogram import percentile
 from tests.bpf.conftest import require_tracepoint
@@ -22,7 +22,7 @@ PORT = 5201
 
 
 def start(config, kernel, *names):
-    ps = ProbeSet([PROBE_CLASSES[n](config, kernel) for n in names])
+    ps = ProbeSet([probe_class(n)(config, kernel) for n in names])
     states = ps.start_all()
     for n in names:
         assert states[n].state.value == "up", states[n]

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from agent.model import PodSample
-from agent.probes import PROBE_CLASSES
+from agent.probes.registry import probe_class
 from agent.sampler import ProbeSet
-from agent.service import Sampler
+from agent.sampler import Sampler
 from tests.bpf.conftest import require_tracepoint
 from tests.bpf.netlab import ss_srtt_ms
 
@@ -27,6 +27,16 @@ class StaticPods:
 
     def allocatable(self):
         return None
+
+
+
+class PodFigures:
+    """A pod's figures as the test reads them (ms for the srtt, as ss prints it)."""
+
+    def __init__(self, p):
+        self.pod = p.pod
+        self.rtt_p50_ms = p.figures["tcp_rtt"]["rtt_p50"] * 1000
+        self.retrans_events = p.figures["tcp_retrans"]["retrans_events"]
 
 
 def test_each_pod_matches_its_own_witness(config, kernel, lab):
@@ -50,7 +60,7 @@ def test_each_pod_matches_its_own_witness(config, kernel, lab):
         PodSample("uid-a", "lab", "pod-a", "team-a", addresses=(lab.a.ip4,)),
         PodSample("uid-b", "lab", "pod-b", "team-b", addresses=(lab.b.ip4,)),
     ]
-    ps = ProbeSet([PROBE_CLASSES[n](config, kernel) for n in ("tcp_rtt", "tcp_retrans")])
+    ps = ProbeSet([probe_class(n)(config, kernel) for n in ("tcp_rtt", "tcp_retrans")])
     ps.start_all()
     sampler = Sampler(config, ps, StaticPods(pods))
     try:
@@ -73,7 +83,8 @@ def test_each_pod_matches_its_own_witness(config, kernel, lab):
     finally:
         ps.close_all()
     by = {p.pod: p for p in report.pods}
-    a, b = by["pod-a"], by["pod-b"]
+    a = PodFigures(by["pod-a"])
+    b = PodFigures(by["pod-b"])
     seg_a = snmp_a1["TcpRetransSegs"] - snmp_a0["TcpRetransSegs"]
     seg_b = snmp_b1["TcpRetransSegs"] - snmp_b0["TcpRetransSegs"]
     print(f"pod-a srtt p50 {a.rtt_p50_ms:.2f}ms (ss {statistics.median(ss_a):.2f}ms), "

@@ -12,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent.config import PROBE_NAMES, load_config
+from agent.config import load_config
+from agent.probes import registry
 from tests.deploy.common import MANIFESTS, ROOT, render
 
 VERSIONS = ["1.28.0", "1.30.0", kubernetes_validate.latest_version()]
@@ -115,7 +116,7 @@ def test_node_config_is_a_valid_agent_config(tmp_path):
     c = load_config(str(f), env={})
     assert str(c.proc_root) == "/host/proc"
     assert str(c.cgroup_root) == "/host/sys/fs/cgroup"
-    assert set(c.probes) == set(PROBE_NAMES)
+    assert [s.name for s in registry.selected(c)] == list(registry.names())
     # tracefs from either of the host's paths
     assert [str(p) for p in c.tracefs_roots] == ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
     # and every path the config points at lies in a mount of the DaemonSet (/lib/modules through

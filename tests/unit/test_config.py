@@ -15,12 +15,10 @@ def run_main(capsys, argv, monkeypatch, env=None):
     for k, v in (env or {}).items():
         monkeypatch.setenv(k, v)
     # loading a probe here would be a bug: config errors must come first
-    from agent import service
+    from agent.probes import registry
 
-    monkeypatch.setattr(cli, "_make_probes", lambda *a: pytest.fail("probes loaded before config check"))
-    monkeypatch.setattr(cli, "_kernel", lambda *a: pytest.fail("kernel probed before config check"))
-    monkeypatch.setattr(service, "build_probes", lambda *a: pytest.fail("probes loaded before config check"))
-    monkeypatch.setattr(service, "detect_kernel", lambda *a: pytest.fail("kernel probed before config check"))
+    monkeypatch.setattr(registry, "build", lambda *a: pytest.fail("probes loaded before config check"))
+    monkeypatch.setattr(registry, "detect_kernel", lambda *a, **k: pytest.fail("kernel probed before config check"))
     rc = cli.main(argv)
     return rc, capsys.readouterr().err
 

@@ -9,7 +9,8 @@ from agent.config import Config
 from agent.model import ProbeSnapshot, ProbeStateKind
 from agent.sampler import ProbeRetrier, ProbeSet
 from agent.server import Server
-from agent.service import Liveness, ReportBox, Sampler, make_registry
+from agent.sampler import Sampler
+from agent.service import Liveness, ReportBox, make_registry
 from tests.unit.test_service import get
 
 

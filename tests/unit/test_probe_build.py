@@ -9,21 +9,25 @@ import pytest
 
 from agent import kernel as K
 from agent.config import Config
-from agent.probes import PROBE_CLASSES, ProbeUnsupported
+from agent.config import ConfigError
+from agent.probes import ProbeUnsupported, registry
 from agent.probes.base import ProbeError, inline_includes, load_source, render_addr
 from agent.probes.skb_drop import DROP_SLOTS, OUT_OF_RANGE, UNKNOWN, SkbDropProbe
 from tests.conftest import kernel_fixture, kernel_fixture_dirs
 
+PROBE_CLASSES = {name: cls for name, (_, cls) in registry.PROBES.items()}
+TPS = registry.tracepoints()
+
 
 def kinfo(prefix):
     root = kernel_fixture(prefix)
-    k = K.detect([root], root / "no-btf", root, root, check_permission=False)
+    k = K.detect([root], root / "no-btf", root, root, check_permission=False, tracepoints=TPS)
     return k
 
 
 @pytest.mark.parametrize("kdir", kernel_fixture_dirs(), ids=lambda p: p.name)
 def test_all_probes_supported_on_every_captured_kernel(kdir):
-    k = K.detect([kdir], kdir / "no-btf", kdir, kdir, check_permission=False)
+    k = K.detect([kdir], kdir / "no-btf", kdir, kdir, check_permission=False, tracepoints=TPS)
     for cls in PROBE_CLASSES.values():
         p = cls(Config(), k)
         p.check_supported()  # raises if a needed field is missing
@@ -48,9 +52,9 @@ def test_skb_drop_with_reason_field_names_from_running_kernel():
 
 def test_non_drops_are_not_named_as_drops():
     k = kinfo("6.18")
-    k = dataclasses.replace(k, drop_reasons=K.resolve_drop_reasons(
-        k.tracepoint("skb:kfree_skb"), {"SKB_NOT_DROPPED_YET": 0, "SKB_CONSUMED": 1}))
     p = SkbDropProbe(Config(), k)
+    p.reasons = K.resolve_drop_reasons(k.tracepoint("skb:kfree_skb"),
+                                       {"SKB_NOT_DROPPED_YET": 0, "SKB_CONSUMED": 1})
     assert p.reason_name(0) is None and p.reason_name(1) is None
     assert p.reason_name(3) == "NO_SOCKET"
 
@@ -103,8 +107,8 @@ def test_addresses_render_ipv4_mapped_as_ipv4():
 
 
 def test_config_validation_names_key_and_value():
-    with pytest.raises(ValueError, match="probes: 'bogus' is not valid: one of tcp_rtt"):
-        Config(probes=("bogus",))
+    with pytest.raises(ConfigError, match="probes: 'bogus' is not valid: one of tcp_rtt"):
+        registry.check_config(Config(probes=("bogus",)))
     with pytest.raises(ValueError, match="max_addresses: 0 is not valid"):
         Config(max_addresses=0)
     with pytest.raises(ValueError, match="fast_addresses: 5000 is not valid: an integer within 1..4096"):
@@ -124,10 +128,12 @@ def test_bpf_h_includes_are_pasted_in_with_line_markers():
 def test_every_probe_source_loads_with_its_headers_inlined(tmp_path):
     cfg = Config()
     for cls in PROBE_CLASSES.values():
-        text = load_source(cfg.bpf_dir / cls.source)
+        text = load_source(cfg.bpf_dir / cls.spec.source)
         assert re.search(r'^#include "[^"]+\.bpf\.h"', text, re.M) is None  # nothing left for BCC
-        if cls.name in ("tcp_rtt", "tcp_retrans"):
+        if cls.spec.attribution == "address":
             assert "addr_claim_row" in text
+        if cls.spec.lost_map:
+            assert "count_lost" in text and cls.spec.lost_map in text
     (tmp_path / "p.bpf.c").write_text('#include "gone.bpf.h"\n')
     with pytest.raises(ProbeError, match="p.bpf.c: cannot read included gone.bpf.h"):
         load_source(tmp_path / "p.bpf.c")
@@ -135,7 +141,7 @@ def test_every_probe_source_loads_with_its_headers_inlined(tmp_path):
 
 @pytest.mark.parametrize("kdir", kernel_fixture_dirs(), ids=lambda p: p.name)
 def test_tcp_rtt_loads_address_words_only_where_saddr_is_aligned(kdir):
-    k = K.detect([kdir], kdir / "no-btf", kdir, kdir, check_permission=False)
+    k = K.detect([kdir], kdir / "no-btf", kdir, kdir, check_permission=False, tracepoints=TPS)
     assert PROBE_CLASSES["tcp_rtt"](Config(), k).defines().get("SADDR_ALIGNED") == 1  # offset 8 on all
     fmt = k.tracepoint("tcp:tcp_probe")
     shifted = dataclasses.replace(fmt, fields={**fmt.fields, "saddr": dataclasses.replace(

@@ -22,17 +22,19 @@ GOLDEN = ROOT / "tests" / "fixtures" / "golden"
 def test_node_figures_by_hand():
     r = F.report()
     assert r.retrans_rate == pytest.approx(50 / 10_050)  # OutSegs excludes retransmissions
-    assert r.drop_rate == pytest.approx(6.0)  # 60 drops / 10 s
-    assert r.drop_reason_rates == {"NO_SOCKET": 5.0, "QDISC_DROP": 1.0}
-    assert r.drop_rate_weighted == pytest.approx(1.0)  # NO_SOCKET weighs 0, QDISC_DROP 1
+    drops = r.figures["skb_drop"].node
+    assert drops["drop_rate"] == pytest.approx(6.0)  # 60 drops / 10 s
+    assert drops["drop_reason_rates"] == {"NO_SOCKET": 5.0, "QDISC_DROP": 1.0}
+    assert drops["drop_rate_weighted"] == pytest.approx(1.0)  # NO_SOCKET weighs 0, QDISC_DROP 1
     assert r.dominant_share == pytest.approx(0.5)
     # tenants' dominant shares: team-a 0.125, kube-system 0.0625, team-b 0.25
     assert r.per_task_fairness == pytest.approx(0.4375 ** 2 / (3 * (0.125**2 + 0.0625**2 + 0.25**2)))
     # pod a: 10 of 100 samples above its 100 ms SLO; host traffic: 0 of 100 above the default
-    assert r.slo_violation_rate == pytest.approx(10 / 200)
-    assert 290 <= r.rtt_p99_ms <= 310 and r.rtt_samples == 200
-    assert 1.99 <= r.runqlat_p95_ms <= 2.07
-    assert r.retrans_events == 4
+    rtt = r.figures["tcp_rtt"].node
+    assert rtt["slo_violation_rate"] == pytest.approx(10 / 200)
+    assert 0.290 <= rtt["rtt_p99"] <= 0.310 and rtt["rtt_samples"] == 200  # seconds
+    assert 1.99e-3 <= r.figure("runqlat", "runqlat_p95") <= 2.07e-3
+    assert r.figure("tcp_retrans", "retrans_events") == 4
 
 
 def test_score_by_hand():
@@ -41,7 +43,7 @@ def test_score_by_hand():
     assert inp["rtt_p99"] == 1.0 and inp["cpu_util"] == 0.0
     assert inp["retrans_rate"] == pytest.approx(50 / 10_050 / 0.05)
     assert inp["drop_rate"] == pytest.approx(1.0 / 200)
-    rq = (r.runqlat_p95_ms - 0.1) / 19.9
+    rq = (r.figure("runqlat", "runqlat_p95") * 1000 - 0.1) / 19.9  # bounds in ms
     assert r.score == pytest.approx(100 * (1 - (0.3 + 0.2 * inp["retrans_rate"] + 0.001 + 0.15 * rq)),
                                     abs=1e-3)
 
@@ -49,20 +51,27 @@ def test_score_by_hand():
 def test_pods_attribution_by_address_and_host_network_not_guessed():
     pods = {p.uid: p for p in F.report().pods}
     a, b, c = pods["uid-a"], pods["uid-b"], pods["uid-c"]
-    assert a.rtt_samples == 100 and a.slo_violation_rate == pytest.approx(0.1)
-    assert a.retrans_events == 3 and 1.9 < a.rtt_p50_ms < 2.1
-    assert b.host_network and b.rtt_samples is None and b.retrans_events is None
-    assert c.rtt_samples == 0 and c.rtt_p50_ms is None and c.retrans_events == 0
+    rtt, rt = a.figures["tcp_rtt"], a.figures["tcp_retrans"]
+    assert rtt["rtt_samples"] == 100 and rtt["slo_violation_rate"] == pytest.approx(0.1)
+    assert rt["retrans_events"] == 3 and 1.9e-3 < rtt["rtt_p50"] < 2.1e-3
+    assert b.host_network and "tcp_rtt" not in b.figures and "tcp_retrans" not in b.figures
+    assert c.figures["tcp_rtt"]["rtt_samples"] == 0 and c.figures["tcp_rtt"]["rtt_p50"] is None
+    assert c.figures["tcp_retrans"]["retrans_events"] == 0
     assert c.rtt_slo_ms == 100.0  # default
+    p = {e["uid"]: e for e in build_payload(F.report())["pods"]}
+    assert p["uid-b"]["rtt_samples"] is None and p["uid-b"]["retrans_events"] is None
+    assert p["uid-a"]["rtt_samples"] == 100 and 1.9 < p["uid-a"]["rtt_p50_ms"] < 2.1
 
 
 def test_down_probe_signals_are_absent_not_zero():
     r = F.report(st=F.states(tcp_rtt="start failed: x", skb_drop="read failed: y"))
-    assert r.rtt_p99_ms is None and r.drop_rate is None and r.slo_violation_rate is None
+    assert "tcp_rtt" not in r.figures and "skb_drop" not in r.figures
+    assert r.figure("tcp_rtt", "rtt_p99") is None and r.figure("skb_drop", "drop_rate") is None
     assert r.score_inputs["rtt_p99"] is None and r.score_inputs["drop_rate"] is None
     assert r.score is not None  # the others still count
     p = build_payload(r)
     assert p["tail_latency_p99"] is None and p["drop_rate"] is None
+    assert p["slo_violation_rate"] is None and p["rtt_samples"] is None
     assert p["availability"]["rtt"] is False and p["availability"]["drops"] is False
     assert p["probes"]["tcp_rtt"] == {"state": "down", "reason": "start failed: x"}
     jsonschema.validate(p, SCHEMA)

@@ -10,39 +10,27 @@ from agent.config import Config
 from agent.model import Histogram, ProbeSnapshot
 from agent.sampler import ProbeSet
 from agent.server import Server
-from agent.service import Liveness, ReportBox, Sampler, make_registry
+from agent.sampler import Sampler
+from agent.service import Agent, Liveness, ReportBox, make_registry
 from agent.stats.histogram import SlotLayout
+from tests.conftest import FakeProbe
 
 L = SlotLayout(5, 21)
 
 
-class Fake:
-    def __init__(self, name, fail_start=None, fail_read_after=None):
-        self.name = name
-        self.fail_start = fail_start
-        self.fail_read_after = fail_read_after
-        self.reads = 0
-        self.detail = {}
-
-    def start(self):
-        if self.fail_start:
-            raise RuntimeError(self.fail_start)
-
-    def read(self):
-        self.reads += 1
-        if self.fail_read_after is not None and self.reads > self.fail_read_after:
-            raise OSError("map read failed: EFAULT")
-        n = self.reads * 10
-        if self.name == "tcp_rtt":
-            return ProbeSnapshot(self.name, "us", 0.0,
+def Fake(name, fail_start=None, fail_read_after=None):
+    """A probe of that name whose counts grow by 10 a read, shaped like the real probe's."""
+    def snapshot(n):
+        n *= 10
+        if name == "tcp_rtt":
+            return ProbeSnapshot(name, "us", 0.0,
                                  hists={"127.0.0.1": Histogram(L, {L.slot_of(1000): n}, 1000 * n)})
-        if self.name == "runqlat":
-            return ProbeSnapshot(self.name, "ns", 0.0,
+        if name == "runqlat":
+            return ProbeSnapshot(name, "ns", 0.0,
                                  hists={"": Histogram(SlotLayout(5, 30), {L.slot_of(50_000): n}, 0)})
-        return ProbeSnapshot(self.name, "", 0.0, counts={"NO_SOCKET": n})
-
-    def close(self):
-        pass
+        return ProbeSnapshot(name, "", 0.0, counts={"NO_SOCKET": n})
+    return FakeProbe(name, snapshot, start_exc=RuntimeError(fail_start) if fail_start else None,
+                     fail_read_after=fail_read_after)
 
 
 def get(url):
@@ -113,37 +101,29 @@ def test_unknown_path_is_404(service):
     assert get(f"http://127.0.0.1:{srv.port}/nope")[0] == 404
 
 
-def test_run_agent_survives_a_failing_cycle(monkeypatch, tmp_path):
-    """A bug that makes one whole cycle raise is logged and counted; the agent keeps serving."""
+def test_agent_survives_a_failing_cycle():
+    """A bug that makes one whole cycle raise is logged and counted; the agent keeps serving.
+    The Agent is built from fakes: fake probes, a fake pod source, a server on a free port."""
     import threading
     import time as _time
 
-    from agent import service
-    from agent.config import Config
-
+    server = Server("127.0.0.1", 0)
+    port = server.port
+    cfg = Config(listen=f"127.0.0.1:{port}", sample_interval=0.2, kubernetes="off")
+    agent = Agent(cfg, None, [Fake("tcp_rtt"), Fake("runqlat")], _NoPodsWithMetrics(), server)
     calls = {"n": 0}
-    real_tick = service.Sampler.tick
+    real_tick = agent.sampler.tick
 
-    def flaky_tick(self):
+    def flaky_tick():
         calls["n"] += 1
         if calls["n"] == 1:
             raise ZeroDivisionError("bug in report building")
-        return real_tick(self)
+        return real_tick()
 
-    monkeypatch.setattr(service.Sampler, "tick", flaky_tick)
-    monkeypatch.setattr(service, "build_probes", lambda c, k: [Fake("tcp_rtt"), Fake("runqlat")])
-    monkeypatch.setattr(service, "detect_kernel", lambda c: None)
-    monkeypatch.setattr(service, "make_pod_source", lambda c: _NoPodsWithMetrics())
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    cfg = Config(listen=f"127.0.0.1:{port}", sample_interval=0.2, kubernetes="off")
+    agent.sampler.tick = flaky_tick  # this agent's sampler only; no module is patched
     stop = threading.Event()
     result = {}
-    t = threading.Thread(target=lambda: result.setdefault("rc", service.run_agent(cfg, stop)))
+    t = threading.Thread(target=lambda: result.setdefault("rc", agent.run(stop)))
     t.start()
     try:
         deadline = _time.monotonic() + 10

@@ -5,6 +5,7 @@ import pytest
 from agent.model import Histogram, ProbeSnapshot, ProbeStateKind, merge_histograms, window
 from agent.probes.base import ProbeUnsupported
 from agent.sampler import ProbeSet
+from tests.conftest import FakeProbe
 from agent.smoke import ProbeResult, passed, render_table, summarize
 from agent.stats.histogram import SlotLayout
 
@@ -56,30 +57,6 @@ def test_merge_histograms():
     assert merge_histograms([]) is None
     with pytest.raises(ValueError):
         merge_histograms([Histogram(L, {}, 0), Histogram(SlotLayout(5, 30), {}, 0)])
-
-
-class FakeProbe:
-    def __init__(self, name, start_exc=None, read_exc=None):
-        self.name = name
-        self.start_exc = start_exc
-        self.read_exc = read_exc
-        self.starts = 0
-        self.closed = 0
-        self.n = 0
-
-    def start(self):
-        self.starts += 1
-        if self.start_exc:
-            raise self.start_exc
-
-    def read(self):
-        if self.read_exc:
-            raise self.read_exc
-        self.n += 5
-        return ProbeSnapshot(self.name, "", 0.0, counts={"k": self.n})
-
-    def close(self):
-        self.closed += 1
 
 
 class Clock:

@@ -8,7 +8,8 @@ import pytest
 from agent.config import Config
 from agent.model import ProbeSnapshot
 from agent.sampler import ProbeSet
-from agent.service import Sampler
+from agent.sampler import Sampler
+from tests.conftest import FakeProbe
 
 DROPS_PER_SECOND = 100.0
 
@@ -21,25 +22,15 @@ class Clock:
         return self.t
 
 
-class DropProbe:
+def DropProbe(clock: Clock) -> FakeProbe:
     """skb_drop whose kernel counter grows by exactly DROPS_PER_SECOND of clock time."""
+    attached = {}
 
-    name = "skb_drop"
-    detail: dict = {}
+    def snapshot(_n):
+        n = round((clock() - attached["at"]) * DROPS_PER_SECOND)
+        return ProbeSnapshot("skb_drop", "", clock(), counts={"NO_SOCKET": n})
 
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.attached_at = None
-
-    def start(self) -> None:
-        self.attached_at = self.clock()
-
-    def read(self) -> ProbeSnapshot:
-        n = round((self.clock() - self.attached_at) * DROPS_PER_SECOND)
-        return ProbeSnapshot(self.name, "", self.clock(), counts={"NO_SOCKET": n})
-
-    def close(self) -> None:
-        pass
+    return FakeProbe("skb_drop", snapshot, on_start=lambda: attached.update(at=clock()))
 
 
 class SlowPods:
@@ -69,8 +60,8 @@ def test_drop_rate_is_exact_on_every_window_whatever_the_readers_take():
     for _ in range(len(delays)):
         clock.t += 10.0  # the sampling interval, minus what the tick itself took
         r = sampler.tick()
-        rates.append(r.drop_rate)
-        assert r.drop_reason_rates["NO_SOCKET"] == pytest.approx(DROPS_PER_SECOND)
+        rates.append(r.figure("skb_drop", "drop_rate"))
+        assert r.figure("skb_drop", "drop_reason_rates")["NO_SOCKET"] == pytest.approx(DROPS_PER_SECOND)
         # the report's window is the probes' window: from one probe read to the next
         assert r.window_seconds == pytest.approx(10.0 + (delays[len(rates) - 2] if len(rates) > 1 else 0.0))
     assert rates == pytest.approx([DROPS_PER_SECOND] * len(delays))
