@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from pathlib import Path
 
 from agent.config import Config
 from agent.kernel import enable_bpf_stats
@@ -85,7 +86,7 @@ def _tp(fname: str) -> str:
     return f"{system}:{event}"
 
 
-def run(seconds: float, ref: str) -> dict:
+def run(seconds: float, ref: str, tree_first: bool = False) -> dict:
     from bcc import BPF
 
     config = Config()
@@ -95,6 +96,24 @@ def run(seconds: float, ref: str) -> dict:
 
     def load(tp: str, variant: str, text: str, cflags: list[str]) -> None:
         loaded.append((tp, variant, BPF(text=text, cflags=cflags)))
+
+    ref_dirs: dict[str, str] = {}
+
+    def ref_headers(rev: str) -> str:
+        """A directory with the plain headers (*.h) of bpf/ at ``rev``, for -I."""
+        if rev not in ref_dirs:
+            import tempfile
+
+            d = ref_dirs[rev] = tempfile.mkdtemp(prefix="wtg-ref-")
+            names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:bpf"], check=True,
+                                   capture_output=True, text=True,
+                                   cwd=config.bpf_dir.parent).stdout.split()
+            for n in names:
+                if n.endswith(".h") and not n.endswith(".bpf.h"):
+                    Path(d, n).write_text(subprocess.run(
+                        ["git", "show", f"{rev}:bpf/{n}"], check=True, capture_output=True,
+                        text=True, cwd=config.bpf_dir.parent).stdout)
+        return ref_dirs[rev]
 
     def src(rev: str | None, fname: str) -> str:
         if rev is None:
@@ -115,8 +134,12 @@ def run(seconds: float, ref: str) -> dict:
             for name, text in variants.items():
                 load(tp, name, PRELUDE + text, flags)
         for name, probe in probes.items():
-            for label, rev in ((f"probe @ {ref}", ref), ("probe (working tree)", None)):
-                flags = probe.cflags() + ([] if probe.spec.hist or rev is None else HIST_FALLBACK)
+            order = ((f"probe @ {ref}", ref), ("probe (working tree)", None))
+            for label, rev in (order[::-1] if tree_first else order):
+                flags = probe.cflags()
+                if rev is not None:  # the C as it was, with that commit's headers and defines
+                    flags = [f"-I{ref_headers(rev)}"] + flags[1:] + (
+                        [] if probe.spec.hist else HIST_FALLBACK)
                 b = BPF(text=src(rev, probe.spec.source), cflags=flags)
                 for fname in b.funcs:
                     loaded.append((_tp(fname.decode()), label, b))
@@ -151,6 +174,10 @@ def run(seconds: float, ref: str) -> dict:
             if id(b) not in seen:
                 seen.add(id(b))
                 b.cleanup()
+        import shutil
+
+        for d in ref_dirs.values():
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def main() -> None:
@@ -158,8 +185,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--ref", default=REF)
     ap.add_argument("--json")
+    ap.add_argument("--tree-first", action="store_true",
+                    help="attach the working tree's program before --ref's (attach order matters)")
     args = ap.parse_args()
-    res = run(args.seconds, args.ref)
+    res = run(args.seconds, args.ref, args.tree_first)
     print(f"kernel {res['kernel']}, {res['seconds']:g}s of lab load, every variant on the same events")
     print(f"{'tracepoint':<24} {'variant':<36} {'events':>8} {'ns/event':>9} {'x empty':>8}")
     for r in res["rows"]:
