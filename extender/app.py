@@ -255,6 +255,20 @@ class Extender:
             self.m_filtered.inc(len(failed))
         return filter_result(a, passed, failed)
 
+    def nodes_summary(self) -> dict[str, Any]:
+        """Every held node: instance, sequence, age, TTL, fresh, and its current score."""
+        now = self.clock()
+        out = {}
+        for n in self.store.nodes():
+            e = self.store.get(n)
+            if e is None:
+                continue
+            fresh = e.fresh(now)
+            out[n] = {"instance": e.instance, "sequence": e.sequence, "fresh": fresh,
+                      "age_seconds": round(now - e.received_at, 3), "ttl_seconds": e.ttl,
+                      "score": self.policy(e.report, None) if fresh else NEUTRAL}
+        return {"policy": self.policy_name, "nodes": out}
+
     # -- health ------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
         known, fresh = self.store.sweep()

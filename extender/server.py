@@ -76,9 +76,17 @@ class ExtenderServer:
                         ok, why = outer.ext.health()
                         self._send(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode(),
                                    "text/plain; charset=utf-8")
+                    elif path == "/nodes":
+                        self._json(200, outer.ext.nodes_summary())
+                    elif path.startswith("/nodes/"):
+                        e = outer.ext.store.get(path[len("/nodes/"):])
+                        if e is None:
+                            self._json(404, {"error": "no report held for this node"})
+                        else:
+                            self._json(200, {"fresh": e.fresh(outer.ext.clock()), "report": e.report})
                     else:
-                        self._send(404, b"not found: GET /metrics /healthz; POST /metrics/report "
-                                   b"/prioritize /filter\n", "text/plain; charset=utf-8")
+                        self._send(404, b"not found: GET /metrics /healthz /nodes /nodes/NAME; POST "
+                                   b"/metrics/report /prioritize /filter\n", "text/plain; charset=utf-8")
                 except BrokenPipeError:
                     pass
                 except Exception:  # noqa: BLE001
