@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from extender.config import ExtenderConfig
@@ -38,6 +38,7 @@ from extender.wire import (error_filter_result, filter_result, host_priority_lis
 log = logging.getLogger(__name__)
 
 SCHEMA_MAJOR = "1"
+NEUTRAL_PRIORITY = to_priority(NEUTRAL)
 REJECT_CAUSES = ("invalid_json", "schema", "schema_major", "unauthenticated", "too_large")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -58,6 +59,15 @@ class _StoreCollector(Collector):
                                 "Node reports that passed their TTL without a newer one (node neutral)")
         c.add_metric([], self.ext.store.expired_total)
         yield c
+        counts = list(self.ext.score_counts)
+        h = HistogramMetricFamily("ebpf_extender_scores", "Scores answered to prioritize (0..10)")
+        cum, buckets = 0, []
+        for i, n in enumerate(counts):
+            cum += n
+            buckets.append((str(float(i)), cum))
+        buckets.append(("+Inf", cum))
+        h.add_metric([], buckets, sum_value=self.ext._score_sum)
+        yield h
 
 
 class Extender:
@@ -72,7 +82,7 @@ class Extender:
         with open(self.config.schema_file) as f:
             self._validate = compile_schema(json.load(f))
         self.policy_name = self.config.policy
-        self.policy = make_policy(self.config.policy, self.config.seed004)
+        self.policy, self.pod_key = make_policy(self.config.policy, self.config.seed004)
         self._token_cache: tuple[float, str] | None = None
         self.started = time.monotonic()
         r = self.registry = registry or CollectorRegistry()
@@ -97,8 +107,8 @@ class Extender:
         for v in ("prioritize", "filter"):
             for res in ("ok", "error"):
                 self.m_requests.labels(v, res)
-        self.m_scores = Histogram("ebpf_extender_scores", "Scores answered to prioritize (0..10)",
-                                  buckets=tuple(range(0, 11)), registry=r)
+        self.score_counts = [0] * 11  # answered scores 0..10 (exported as a histogram)
+        self._score_sum = 0
         self.m_neutral = Counter("ebpf_extender_neutral_scores",
                                  "Nodes scored neutral (5) for want of a fresh report", registry=r)
         self.m_filtered = Counter("ebpf_extender_filter_failed_nodes",
@@ -158,7 +168,7 @@ class Extender:
             self._validate(doc)
         except SchemaError as e:
             return self._reject(400, "schema", f"does not match node-report.schema.json: {e}")
-        out = self.store.ingest(doc)
+        out = self.store.ingest(doc, body)
         if out.status == "accepted":
             self.m_accepted.inc()
             if out.restart:
@@ -183,18 +193,24 @@ class Extender:
             return []
         try:
             fresh = self.store.fresh_many(a.node_names)
+            key = self.pod_key(a.pod)
+            policy = self.policy
             out = []
             neutral = 0
             for n in a.node_names:
                 e = fresh.get(n)
                 if e is None:
                     neutral += 1
-                    s = NEUTRAL
-                else:
-                    s = self.policy(e.report, a.pod)
-                p = to_priority(s)
+                    out.append((n, NEUTRAL_PRIORITY))
+                    continue
+                p = e.scores.get(key)
+                if p is None:  # once per report and pod key; a policy is pure
+                    p = e.scores[key] = to_priority(policy(e.report, a.pod))
                 out.append((n, p))
-                self.m_scores.observe(p)
+            counts = self.score_counts
+            for _, p in out:
+                counts[p] += 1
+            self._score_sum += sum(p for _, p in out)
             if neutral:
                 self.m_neutral.inc(neutral)
         except Exception:  # noqa: BLE001 - never fail the scheduling cycle

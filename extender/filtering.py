@@ -40,18 +40,12 @@ def parse_quantity(text: str) -> float:
     return float(v)
 
 
-def measured_bps(report: Mapping[str, Any]) -> float:
-    w = report.get("window_seconds")
+def measured_bps(summary: Mapping[str, Any]) -> float:
+    """The busier direction in bit/s, from a stored summary (extender.store.summarize)."""
+    w = summary.get("window_seconds")
     if not isinstance(w, (int, float)) or isinstance(w, bool) or w <= 0:
         return 0.0
-    rx = tx = 0
-    for p in report.get("pods") or ():
-        if not isinstance(p, Mapping) or p.get("host_network"):
-            continue
-        r, t = p.get("net_rx_bytes"), p.get("net_tx_bytes")
-        rx += r if isinstance(r, int) and not isinstance(r, bool) else 0
-        tx += t if isinstance(t, int) and not isinstance(t, bool) else 0
-    return max(rx, tx) * 8 / w
+    return max(summary.get("pod_net_rx_bytes", 0), summary.get("pod_net_tx_bytes", 0)) * 8 / w
 
 
 def headroom_check(request_bps: float, capacity_bps: float | None,

@@ -110,11 +110,14 @@ def make_seed004(weights: Mapping[str, float]) -> Policy:
     return seed004
 
 
-def make_policy(name: str, seed004_weights: Mapping[str, float]) -> Policy:
+def make_policy(name: str, seed004_weights: Mapping[str, float]) -> tuple[Policy, Callable[[Any], Any]]:
+    """(policy, pod_key): ``pod_key(pod)`` is all a policy reads from the pod, so a node's score
+    can be cached per report and pod key (node-score reads nothing; seed004 the priority base)."""
     if name == "node-score":
-        return node_score_policy
+        return node_score_policy, lambda pod: None
     if name == "seed004":
-        return make_seed004(seed004_weights)
+        w = dict(seed004_weights)
+        return make_seed004(w), lambda pod: priority_base(pod, w)
     raise ValueError(f"unknown policy {name!r}")
 
 

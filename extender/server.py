@@ -83,7 +83,7 @@ class ExtenderServer:
                         if e is None:
                             self._json(404, {"error": "no report held for this node"})
                         else:
-                            self._json(200, {"fresh": e.fresh(outer.ext.clock()), "report": e.report})
+                            self._json(200, {"fresh": e.fresh(outer.ext.clock()), "report": e.full_report()})
                     else:
                         self._send(404, b"not found: GET /metrics /healthz /nodes /nodes/NAME; POST "
                                    b"/metrics/report /prioritize /filter\n", "text/plain; charset=utf-8")

@@ -13,14 +13,21 @@ Rules (the push contract, schemas/node-report.schema.json):
 - an expired report is kept (the node is known, not fresh) until ``forget_after`` has passed
   since it expired, then dropped, so the store is bounded by the nodes that push.
 
+Memory: an entry keeps a summary (every top-level field except the per-pod lists, plus the
+pods' summed network bytes ``pod_net_rx_bytes`` / ``pod_net_tx_bytes`` the bandwidth filter
+reads) and the report as received, zlib-compressed (``Entry.full_report()``): 5,000 nodes of
+30 pods each fit in tens of MB instead of the ~300 MB their decoded dicts take.
+
 Thread-safe: one lock around every read and write.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 RETIRED_PER_NODE = 8  # old instances remembered per node (restarts within forget_after)
@@ -41,13 +48,39 @@ class Entry:
     sequence: int
     received_at: float
     ttl: float
-    report: Mapping[str, Any]
+    report: Mapping[str, Any]  # the summary: top-level fields, no per-pod lists
+    raw: bytes = b""  # the report as received, zlib-compressed
+    # scores computed from this report, by pod key (extender.policies.make_policy)
+    scores: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def full_report(self) -> dict[str, Any]:
+        """The whole report as the agent sent it (pods included)."""
+        return json.loads(zlib.decompress(self.raw)) if self.raw else dict(self.report)
 
     def fresh(self, now: float) -> bool:
         return now - self.received_at < self.ttl
 
     def expires_at(self) -> float:
         return self.received_at + self.ttl
+
+
+SUMMARY_DROPS = ("pods", "pod_uids")
+
+
+def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level fields without the per-pod lists, plus the pods' summed network bytes over the
+    window (pods on the host network are the node's traffic, not attributed, and left out)."""
+    out = {k: v for k, v in report.items() if k not in SUMMARY_DROPS}
+    rx = tx = 0
+    for p in report.get("pods") or ():
+        if not isinstance(p, Mapping) or p.get("host_network"):
+            continue
+        r, t = p.get("net_rx_bytes"), p.get("net_tx_bytes")
+        rx += r if type(r) is int else 0
+        tx += t if type(t) is int else 0
+    out["pod_net_rx_bytes"], out["pod_net_tx_bytes"] = rx, tx
+    out["pod_count"] = len(report.get("pods") or ())
+    return out
 
 
 class ReportStore:
@@ -68,11 +101,16 @@ class ReportStore:
             return float(self.ttl_seconds)
         return self.ttl_factor * float(report["push_interval_seconds"])
 
-    def ingest(self, report: Mapping[str, Any]) -> Outcome:
-        """Store ``report`` (already validated against the schema) if it is the newest."""
+    def ingest(self, report: Mapping[str, Any], raw: bytes | None = None) -> Outcome:
+        """Store ``report`` (already validated against the schema) if it is the newest; ``raw``:
+        its JSON as received (else it is encoded here)."""
         node = report["node_name"]
         instance = report["agent_instance"]
         seq = int(report["sequence"])
+        # prepared outside the lock (readers never wait for zlib); wasted only on a stale report
+        packed = zlib.compress(raw if raw is not None else json.dumps(report).encode(), 1)
+        summary = summarize(report)
+        ttl = self.ttl_for(report)
         with self._lock:
             now = self.clock()
             cur = self._entries.get(node)
@@ -93,7 +131,7 @@ class ReportStore:
                     retired.append(cur.instance)
                     del retired[:-RETIRED_PER_NODE]
                     restart = True
-            self._entries[node] = Entry(node, instance, seq, now, self.ttl_for(report), report)
+            self._entries[node] = Entry(node, instance, seq, now, ttl, summary, packed)
             self._expired_seen.discard(node)
             return Outcome("accepted", restart=restart)
 

@@ -141,11 +141,72 @@ def compile_schema(root: dict) -> Callable[[Any], None]:
 
     for name, s in defs.items():
         compiled_defs[name] = comp(s)
-    top = comp({k: v for k, v in root.items() if k != "$defs"})
+    top_schema = {k: v for k, v in root.items() if k != "$defs"}
+    top = comp(top_schema)
+    quick = _fast(top_schema, defs)
 
     def validate(doc: Any) -> None:
-        top(doc, "$")
+        if not quick(doc):  # the fast path may doubt a valid document; the full check decides
+            top(doc, "$")
     return validate
+
+
+_PY_TYPES = {"null": (type(None),), "boolean": (bool,), "integer": (int,), "number": (int, float),
+             "string": (str,), "object": (dict,), "array": (list,)}
+
+
+def _fast(s: dict, defs: dict) -> Callable[[Any], bool]:
+    """A predicate that is True only for values the schema accepts (it may say False for some
+    valid ones, e.g. 2.0 as an integer: the full check then decides). One closure per schema,
+    ``$ref`` inlined: about five times faster than the checks that explain a failure."""
+    if "$ref" in s:
+        s = {**defs[s["$ref"][8:]], **{k: v for k, v in s.items() if k != "$ref"}}
+    types = None
+    if "type" in s:
+        names = s["type"] if isinstance(s["type"], list) else [s["type"]]
+        types = frozenset(t for n in names for t in _PY_TYPES[n])
+    lo, hi, exlo = s.get("minimum"), s.get("maximum"), s.get("exclusiveMinimum")
+    minlen = s.get("minLength", 0)
+    rx = re.compile(s["pattern"]) if "pattern" in s else None
+    enum = frozenset(s["enum"]) if "enum" in s else None
+    req = tuple(s.get("required", ()))
+    props = {k: _fast(v, defs) for k, v in s.get("properties", {}).items()}
+    extra = s.get("additionalProperties", True)
+    extra_p = _fast(extra, defs) if isinstance(extra, dict) else None
+    no_extra = extra is False
+    items = _fast(s["items"], defs) if "items" in s else None
+
+    def ok(v: Any) -> bool:
+        t = type(v)
+        if types is not None and t not in types:
+            return False
+        if t is int or t is float:
+            if (lo is not None and v < lo) or (hi is not None and v > hi) or \
+                    (exlo is not None and v <= exlo):
+                return False
+        elif t is str:
+            if len(v) < minlen or (rx is not None and not rx.search(v)):
+                return False
+        elif t is dict:
+            for k in req:
+                if k not in v:
+                    return False
+            get = props.get
+            for k, x in v.items():
+                f = get(k)
+                if f is not None:
+                    if not f(x):
+                        return False
+                elif no_extra or (extra_p is not None and not extra_p(x)):
+                    return False
+        elif t is list and items is not None:
+            for x in v:
+                if not items(x):
+                    return False
+        if enum is not None and (t is bool or v not in enum):
+            return False
+        return True
+    return ok
 
 
 def _short(v: Any) -> str:
