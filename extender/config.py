@@ -129,7 +129,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(ExtenderConfig)}
 
 def _convert(key: str, raw: Any, source: str) -> Any:
     """A value from YAML (typed) or env/flags (strings) -> the field's type."""
-    default = getattr(ExtenderConfig(), key)
+    f = _FIELDS[key]  # the default without building (and validating) a whole config
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     try:
         if key == "seed004":
             if not isinstance(raw, dict):
@@ -160,6 +161,8 @@ def _convert(key: str, raw: Any, source: str) -> Any:
             if not isinstance(raw, str) or not raw:
                 raise ValueError
             return Path(raw)
+    except ConfigError:
+        raise
     except (ValueError, TypeError):
         kind = {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
             type(default), "a path" if isinstance(default, Path) else type(default).__name__)
