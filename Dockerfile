@@ -37,6 +37,7 @@ RUN python3 -m venv "$VENV" \
 ARG PIP_CERT=
 COPY pyproject.toml README.md /src/
 COPY agent /src/agent
+COPY extender /src/extender
 RUN PIP_CERT="${PIP_CERT}" "$VENV/bin/pip" install --no-cache-dir --disable-pip-version-check \
         --no-compile /src \
  && "$VENV/bin/pip" uninstall -y --disable-pip-version-check pip setuptools \
@@ -50,8 +51,12 @@ RUN rm -rf /usr/src /lib/modules \
  && ln -s /host/lib/modules /lib/modules
 
 # The BPF C sources: the agent installed from a wheel does not carry them, so point bpf_dir here.
+# Likewise the report schema the extender validates pushes against (ebpf-edge-extender, the
+# second program of this image: manifests/scheduler runs it with this image's venv).
 COPY bpf /opt/ebpf-edge-agent/bpf
+COPY schemas /opt/ebpf-edge-agent/schemas
 ENV EBPF_EDGE_AGENT_BPF_DIR=/opt/ebpf-edge-agent/bpf \
+    EBPF_EDGE_EXTENDER_SCHEMA_FILE=/opt/ebpf-edge-agent/schemas/node-report.schema.json \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HEALTHCHECK_URL=http://127.0.0.1:9810/healthz

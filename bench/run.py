@@ -5,7 +5,8 @@
 Sections: 1. per-event kernel cost vs the empty-program floor (probe_cost), and where the time
 goes, before vs after the probe rework on the same events (where_time_goes); 2. workload tax
 (tax); 3. agent user-space cost (agent_cost, and report_cost for the pure report build);
-4. histogram accuracy (accuracy). Ratios are taken within one run; absolute times drift on a
+4. histogram accuracy (accuracy); 5. the scheduler extender (extender: ingestion, prioritize
+latency at 5,000 nodes, RSS; alone: python -m bench.extender). Ratios are taken within one run; absolute times drift on a
 shared machine.
 """
 
@@ -19,6 +20,7 @@ import subprocess
 import time
 
 from bench import accuracy, agent_cost, probe_cost, report_cost, tax, where_time_goes
+from bench import extender as extender_bench
 
 
 def main() -> None:
@@ -37,6 +39,7 @@ def main() -> None:
     res["agent_cost"] = agent_cost.run(5 if q else 20, [0, 200, 1000])
     res["report_cost"] = [report_cost.measure(n, 50 if q else 200) for n in (0, 200, 1000)]
     res["accuracy"] = accuracy.run(3 if q else 6)
+    res["extender"] = extender_bench.run(q)
     res["seconds"] = round(time.monotonic() - t0)
     print_table(res)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
@@ -88,6 +91,8 @@ def print_table(res: dict) -> None:
         print(f"   {r['probe']:<14} {r['samples_kernel']:>7} samples  " + "  ".join(
             f"p{q} {r[f'p{q}']['exact']:g} vs {r[f'p{q}']['kernel']:g} ({r[f'p{q}']['error_pct']}%)"
             for q in (50, 90, 99)) + f"   max {r['max_error_pct']}% (target 3%)")
+    if "extender" in res:
+        extender_bench.print_table(res["extender"])
 
 
 if __name__ == "__main__":
