@@ -118,5 +118,11 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
     echo "$WANT" > "$STAMP"
 fi
+# make experiment only (DEV_SETUP_EXPERIMENT=1): the optional extra "experiment" (matplotlib)
+if [ "${DEV_SETUP_EXPERIMENT:-0}" = 1 ] && [ "$(cat "$VENV/.installed-experiment" 2>/dev/null)" != "$WANT" ]; then
+    say "installing the extra 'experiment' into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,experiment]"
+    echo "$WANT" > "$VENV/.installed-experiment"
+fi
 "$VENV/bin/python" -c 'import bcc, agent' || die "the venv cannot import bcc and agent"
 say "ready ($VENV)"
