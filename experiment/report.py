@@ -45,8 +45,7 @@ def markdown(doc: dict) -> str:
             "the recorded reports of one scenario; pods placed by LeastAllocated alone (baseline) "
             "or LeastAllocated + scorer × weight × 10 (extender); each pod's requests drawn from "
             "the client's measured requests in its node's scenario.", ""]
-    for r in runs:
-        rep = r.get("replay") or {}
+    for r, rep in ((r, rep) for r in runs for rep in r.get("replays", [])):
         out.append(f"Run {r['run']}: scorer **{rep.get('scorer')}**, weight {rep.get('weight')}, "
                    f"{rep.get('trials')} trials per mix.")
         out += ["", "| mix | nodes | pods | p99 ms baseline | p99 ms extender | change | "

@@ -11,6 +11,7 @@ summary. Parameters default to seed 001's.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -62,12 +63,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--extender-weights", default="1,5",
+                    help="replay: the extender's weight in kube-scheduler (score x weight x 10)")
     a = ap.parse_args(argv)
     a.scenario_list = [s.strip().upper() for s in a.scenarios.split(",") if s.strip()]
     bad = [s for s in a.scenario_list if s not in SCENARIOS]
     if bad:
         ap.error(f"unknown scenarios {bad}: choose from {', '.join(SCENARIOS)}")
     a.cpus = cpus
+    a.weights = [float(w) for w in a.extender_weights.split(",") if w.strip()]
     return a
 
 
@@ -213,17 +217,22 @@ def main(argv: list[str] | None = None) -> int:
             reports, reqs, phases, pings = load_raw(raw)
             rows = analysis.join_windows(reports, reqs, phases, pings, run=run)
             summary = analysis.summarize(rows, min_purity=0.75)
-            rep = replay.replay_run(reports, rows, seed=a.seed + run, requests=reqs)
-            for r in rows:  # the scorer's 0..10 score of each window (the CSV's extender column)
-                r["extender_score"] = rep["window_scores"].get(r["sequence"])
-            summary["replay"] = {k: v for k, v in rep.items() if k != "window_scores"}
+            summary["replays"] = []
+            for w in a.weights:
+                rep = replay.replay_run(reports, rows, seed=a.seed + run, requests=reqs, weight=w)
+                for r in rows:  # the scorer's 0..10 score of each window (the CSV's extender column)
+                    r["extender_score"] = rep["window_scores"].get(r["sequence"])
+                summary["replays"].append({k: v for k, v in rep.items() if k != "window_scores"})
             per_run.append({"run": run, "rows": rows, "summary": summary, "raw": raw})
             print(f"[run {run}] windows {summary['windows']}  rho(score, p99) "
                   f"{summary['rho_score_p99']}", flush=True)
         first = per_run[0]
         write_csv([r for pr in per_run for r in pr["rows"]], out / "windows.csv")
-        for name in ("reports.jsonl", "requests.csv", "phases.json", "relay.json", "ping.txt"):
+        for name in ("phases.json", "relay.json"):
             shutil.copy(first["raw"] / name, out / f"run1-{name}")
+        for name in ("reports.jsonl", "requests.csv", "ping.txt"):  # the raw records, compressed
+            with open(first["raw"] / name, "rb") as src, gzip.open(out / f"run1-{name}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
         doc = {"parameters": {k: v for k, v in vars(a).items() if k not in ("out",)},
                "scenarios": {s: describe(a, s) for s in a.scenario_list},
                "elapsed_seconds": round(time.time() - t_start, 1),
