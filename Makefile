@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 AGENT  := $(VENV)/bin/ebpf-edge-agent
 PYTEST_ARGS ?=
 
-.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench image deploy undeploy test-deploy stress-check
+.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench image deploy undeploy test-deploy stress-check experiment
 
 dev-setup:
 	@./scripts/dev-setup.sh
@@ -32,6 +32,14 @@ run: dev-setup
 bench:
 	@DEV_SETUP_BENCH=1 ./scripts/dev-setup.sh
 	$(PY) -m bench.run --json bench/results/latest.json
+
+# seed 001's experiment: scenarios S1-S5 against the real agent, then the placement replay
+# (one run ~10 min; RUNS=N for more; EXPERIMENT_ARGS e.g. --scenario-seconds 20). docs/experiment.md
+RUNS ?= 1
+EXPERIMENT_ARGS ?=
+experiment:
+	@DEV_SETUP_EXPERIMENT=1 ./scripts/dev-setup.sh
+	$(PY) -m experiment --runs $(RUNS) $(EXPERIMENT_ARGS)
 
 # make test 5 times beside stress-ng, then the load-sensitive tests 20 times each (~45 min)
 stress-check: dev-setup

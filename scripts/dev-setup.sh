@@ -24,8 +24,9 @@ ARCH=$(dpkg --print-architecture)
 # python3-bpfcc: BCC from the distribution. The PyPI package called "bcc" is unrelated: never use it.
 # iproute2 (ip, ss, tc, nstat) and iptables are the test lab's tools and witnesses;
 # prometheus (server + promtool) is the real scraper the end-to-end tests use; stress-ng is the
-# load the robustness check runs beside the suite (tests must hold on a busy, shared machine).
-PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus stress-ng"
+# load the robustness check runs beside the suite (tests must hold on a busy, shared machine);
+# iputils-ping is the experiment relay's witness (ping RTT across the relay, tests/experiment).
+PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus stress-ng iputils-ping"
 # make bench only (DEV_SETUP_BENCH=1): iperf3 (workload) and bpftrace (the per-event tracer it
 # is compared with); kept out of the test provisioning, bpftrace pulls in libclang.
 [ "${DEV_SETUP_BENCH:-0}" = 1 ] && PKGS="$PKGS iperf3 bpftrace"
@@ -116,6 +117,12 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
     echo "$WANT" > "$STAMP"
+fi
+# make experiment only (DEV_SETUP_EXPERIMENT=1): the optional extra "experiment" (matplotlib)
+if [ "${DEV_SETUP_EXPERIMENT:-0}" = 1 ] && [ "$(cat "$VENV/.installed-experiment" 2>/dev/null)" != "$WANT" ]; then
+    say "installing the extra 'experiment' into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,experiment]"
+    echo "$WANT" > "$VENV/.installed-experiment"
 fi
 "$VENV/bin/python" -c 'import bcc, agent' || die "the venv cannot import bcc and agent"
 say "ready ($VENV)"
