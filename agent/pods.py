@@ -20,7 +20,6 @@ from agent.procfs import netns_key, read_netns_bytes
 
 log = logging.getLogger(__name__)
 
-SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def make_metadata(config: Config):

@@ -25,12 +25,14 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from agent.config import Config
+from agent.kube.parse import standalone_node
 from agent.model import (NodeReport, NodeResources, PodSample, ProbeSnapshot, ProbeState,
                          ProbeStateKind, window)
 from agent.probes.base import Probe, ProbeUnsupported
 from agent.procfs import (CpuTimes, cpu_utilization, parse_meminfo, parse_proc_stat,
                           read_netns_tcp, tcp_window)
 from agent.report import build_report
+from agent.retry import Backoff, RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class _Slot:
     started_at: float | None = None  # when the probe last attached (its counts begin there)
     starting: bool = False  # a (re)start is running on another thread
     retry_at: float = 0.0
-    retry_delay: float = RETRY_FIRST
+    backoff: Backoff = None  # type: ignore[assignment]  # set by ProbeSet
     failures: int = 0
 
 
@@ -60,7 +62,7 @@ class ProbeSet:
         self._closed = False
         self._slots = {
             p.name: _Slot(p, ProbeState(p.name, ProbeStateKind.DOWN, "not started"),
-                          retry_delay=retry_first)
+                          backoff=Backoff(retry_first, max(retry_first, retry_max)))
             for p in probes
         }
 
@@ -94,7 +96,7 @@ class ProbeSet:
                 return
             slot.prev = None
             slot.started_at = self._clock()
-            slot.retry_delay = self._retry_first
+            slot.backoff.reset()
             slot.state = ProbeState(p.name, ProbeStateKind.UP, "", self._detail(p))
 
     def _fail(self, slot: _Slot, reason: str) -> None:
@@ -102,10 +104,10 @@ class ProbeSet:
             slot.failures += 1
             slot.state = ProbeState(slot.probe.name, ProbeStateKind.DOWN, reason,
                                     self._detail(slot.probe))
-            slot.retry_at = self._clock() + slot.retry_delay
-            log.error("probe %s down: %s (retry in %.0fs)", slot.probe.name, reason, slot.retry_delay,
+            delay = slot.backoff.next()
+            slot.retry_at = self._clock() + delay
+            log.error("probe %s down: %s (retry in %.0fs)", slot.probe.name, reason, delay,
                       extra={"probe": slot.probe.name})
-            slot.retry_delay = min(slot.retry_delay * 2, self._retry_max)
             try:
                 slot.probe.close()
             except Exception as e:  # noqa: BLE001
@@ -249,7 +251,7 @@ class Sampler:
         self.sequence = 0
         self.reader_errors: dict[str, int] = {}
         self.cycle_errors = 0
-        self._last_error_log: dict[str, float] = {}
+        self._reader_log = RateLimitedLog(60.0, log, clock)
         self._prev_cpu: CpuTimes | None = None
         self._prev_tcp = None
         self._t_prev: float | None = None
@@ -259,10 +261,8 @@ class Sampler:
             return fn()
         except Exception as e:  # noqa: BLE001 - one reader never stops the cycle
             self.reader_errors[reader] = self.reader_errors.get(reader, 0) + 1
-            now = self.clock()
-            if now - self._last_error_log.get(reader, -1e9) > 60:
-                log.warning("reader %s failed: %s (further errors logged once a minute)", reader, e)
-                self._last_error_log[reader] = now
+            self._reader_log.warn(reader, "reader %s failed: %s (further errors logged once a minute)",
+                                  reader, e)
             return default
 
     def start(self) -> None:
@@ -288,7 +288,11 @@ class Sampler:
         pods = self._guard("pods", self.pod_source.pods, default=()) or ()
         alloc = self._guard("allocatable", self.pod_source.allocatable)
         ncpu = os.cpu_count() or 1
-        cpu_alloc, mem_alloc = alloc if alloc else (float(ncpu), mem[0] if mem else None)
+        if alloc:
+            cpu_alloc, mem_alloc = alloc
+        else:  # no Node object (yet): the whole machine, by the standalone rule
+            machine = standalone_node(self.node_name, ncpu, mem[0] if mem else None)
+            cpu_alloc, mem_alloc = machine.cpu_allocatable_cores, machine.memory_allocatable_bytes
         resources = NodeResources(
             cpu_allocatable=cpu_alloc,
             memory_allocatable=mem_alloc,

@@ -10,7 +10,7 @@ from agent.cgroups.model import (
     CpuStat,
     MemoryMax,
     MemoryStat,
-    PodSample,
+    PodCgroups,
     Pressure,
     PsiLine,
     ReadCounts,
@@ -22,7 +22,7 @@ from agent.cgroups.usage import CgroupWindow, cgroup_window, counter_delta, cpu_
 __all__ = [
     "app_containers", "identify_cgroup", "normalize_container_id",
     "CgroupIdentity", "CgroupReading", "CgroupSample", "CpuMax", "CpuStat", "MemoryMax",
-    "MemoryStat", "PodSample", "Pressure", "PsiLine", "ReadCounts", "working_set",
+    "MemoryStat", "PodCgroups", "Pressure", "PsiLine", "ReadCounts", "working_set",
     "CgroupReader", "read_cgroup2_root", "read_cgroups",
     "CgroupWindow", "cgroup_window", "counter_delta", "cpu_cores", "pod_windows", "stall_fraction",
 ]

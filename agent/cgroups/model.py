@@ -134,7 +134,7 @@ class CgroupSample:
 
 
 @dataclass(frozen=True)
-class PodSample:
+class PodCgroups:
     """A pod-level reading plus its containers' readings.
 
     The pod-level cgroup is the pod's figure (it includes every container and the sandbox, as the
@@ -172,6 +172,6 @@ class CgroupReading:
 
     root: str
     taken_at: float
-    pods: Mapping[str, PodSample] = field(default_factory=dict)
+    pods: Mapping[str, PodCgroups] = field(default_factory=dict)
     others: Mapping[str, CgroupSample] = field(default_factory=dict)
     counts: ReadCounts = field(default_factory=ReadCounts)

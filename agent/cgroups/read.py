@@ -16,7 +16,8 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from agent.cgroups.identity import identify_cgroup, is_kubepods_dir
-from agent.cgroups.model import CgroupIdentity, CgroupReading, CgroupSample, PodSample, ReadCounts
+from agent.retry import RateLimitedLog
+from agent.cgroups.model import CgroupIdentity, CgroupReading, CgroupSample, PodCgroups, ReadCounts
 from agent.cgroups.parse import (
     choose_cgroup2_root,
     parse_cgroup2_mounts,
@@ -79,29 +80,6 @@ def _read_small(path: str) -> str:
     return data.decode("ascii", errors="replace")
 
 
-class _WarnLimiter:
-    """At most one warning per key per ``interval`` seconds; the rest are counted and reported
-    with the next warning. Keys are file names, so the state is bounded."""
-
-    def __init__(self, interval: float, logger: logging.Logger, clock: Callable[[], float]):
-        self.interval = interval
-        self.logger = logger
-        self.clock = clock
-        self._last: Dict[str, float] = {}
-        self._suppressed: Dict[str, int] = {}
-
-    def warn(self, key: str, msg: str) -> None:
-        now = self.clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        n = self._suppressed.pop(key, 0)
-        self._last[key] = now
-        more = f" ({n} more like this suppressed)" if n else ""
-        self.logger.warning("%s%s", msg, more)
-
-
 class _Cycle:
     """Mutable counters of one cycle."""
 
@@ -146,7 +124,7 @@ class CgroupReader:
         self.containers = containers
         self.standalone_depth = standalone_depth
         self.clock = clock
-        self._warn = _WarnLimiter(warn_interval, logger or log, clock)
+        self._warn = RateLimitedLog(warn_interval, logger or log, clock)
         self.totals: Dict[str, int] = {"cycles": 0, "vanished": 0, "garbled": 0, "errors": 0}
 
     # -- one cgroup --------------------------------------------------------------------------
@@ -168,7 +146,7 @@ class CgroupReader:
                     missing = True
                     continue
                 cyc.errors += 1
-                self._warn.warn("error:" + name, f"cgroup: cannot read {path}: {e}")
+                self._warn.warn("error:" + name, "%s", f"cgroup: cannot read {path}: {e}")
                 continue
             try:
                 values[fieldname] = parser(text)
@@ -178,7 +156,7 @@ class CgroupReader:
                     return None
                 cyc.garbled += 1
                 cyc.garbled_by_file[name] = cyc.garbled_by_file.get(name, 0) + 1
-                self._warn.warn("garbled:" + name, f"cgroup: skipping garbled {path}: {e}")
+                self._warn.warn("garbled:" + name, "%s", f"cgroup: skipping garbled {path}: {e}")
         if missing and not os.path.isdir(d):
             cyc.vanished += 1
             return None
@@ -240,7 +218,7 @@ class CgroupReader:
     def read(self) -> CgroupReading:
         """One reading cycle. Never raises."""
         cyc = _Cycle()
-        pods: Dict[str, PodSample] = {}
+        pods: Dict[str, PodCgroups] = {}
         others: Dict[str, CgroupSample] = {}
         try:
             for rel, ident in self._pod_dirs():
@@ -258,10 +236,10 @@ class CgroupReader:
                             c = self.read_one(crel, cident, cyc)
                             if c is not None:
                                 conts.append(c)
-                    pods[ident.pod_uid] = PodSample(pod=pod, containers=tuple(conts))
+                    pods[ident.pod_uid] = PodCgroups(pod=pod, containers=tuple(conts))
                 except Exception as e:  # noqa: BLE001 - the cycle must go on
                     cyc.errors += 1
-                    self._warn.warn("unexpected", f"cgroup: skipping {rel}: {type(e).__name__}: {e}")
+                    self._warn.warn("unexpected", "%s", f"cgroup: skipping {rel}: {type(e).__name__}: {e}")
             if self.standalone_depth:
                 for rel in self._others(self.standalone_depth):
                     try:
@@ -270,10 +248,10 @@ class CgroupReader:
                             others[rel] = s
                     except Exception as e:  # noqa: BLE001
                         cyc.errors += 1
-                        self._warn.warn("unexpected", f"cgroup: skipping {rel}: {type(e).__name__}: {e}")
+                        self._warn.warn("unexpected", "%s", f"cgroup: skipping {rel}: {type(e).__name__}: {e}")
         except Exception as e:  # noqa: BLE001 - walking itself failed: report what we have
             cyc.errors += 1
-            self._warn.warn("unexpected", f"cgroup: reading cycle below {self.root} cut short: {type(e).__name__}: {e}")
+            self._warn.warn("unexpected", "%s", f"cgroup: reading cycle below {self.root} cut short: {type(e).__name__}: {e}")
         counts = cyc.freeze()
         self.totals["cycles"] += 1
         self.totals["vanished"] += counts.vanished

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import random
 import socket
 import threading
@@ -39,6 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from requests.adapters import HTTPAdapter
+
+from agent.retry import Backoff, RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class Pusher:
         self.delivered = 0
         self.stale = 0  # answered "stale": the extender has a newer report of ours
         self.rejected = 0  # reports dropped after a 400/401/403/413
-        self._logged_rejections: set[str] = set()
+        self._rejections_log = RateLimitedLog(math.inf, log)  # once per cause
         self.last_success: float | None = None
         self.last_delivered_sequence: int | None = None
         self.last_error = ""
@@ -172,7 +175,7 @@ class Pusher:
 
     # -- worker ------------------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = self.backoff_first
+        backoff = Backoff(self.backoff_first, max(self.backoff_first, self.backoff_max), random.random)
         while True:
             with self._cv:
                 while not self._stop:
@@ -190,12 +193,11 @@ class Pusher:
                         self._pending = None
                     self._pending_failed = False
                     self._next_send = time.monotonic() + self.interval
-                    delay = self.backoff_first
+                    backoff.reset()
                     continue
                 self._pending_failed = True
                 # back off, but wake at once for stop; a newer report is sent after the wait
-                wait = delay * random.uniform(0.8, 1.2)
-                delay = min(delay * 2, self.backoff_max)
+                wait = backoff.next()
                 self._cv.wait_for(lambda: self._stop, timeout=wait)
                 if self._stop:
                     return
@@ -241,11 +243,10 @@ class Pusher:
         if status in REJECTED:
             self.failures[cause] += 1
             self.rejected += 1
-            if cause not in self._logged_rejections:  # once per cause: it will not change soon
-                self._logged_rejections.add(cause)
-                log.error("push to %s refused (HTTP %d): %s; this report is dropped, the next is "
-                          "sent at the next interval (logged once per status)", self.label,
-                          status, _excerpt(body))
+            # once per cause: it will not change soon
+            self._rejections_log.log(logging.ERROR, cause, "push to %s refused (HTTP %d): %s; this "
+                                     "report is dropped, the next is sent at the next interval "
+                                     "(logged once per status)", self.label, status, _excerpt(body))
             return REJECT
         return self._fail(cause, f"HTTP {status}: {_excerpt(body)}")
 
@@ -341,7 +342,7 @@ class PushGroup:
         self._latest: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="push-resolve", daemon=True)
-        self._logged: set[str] = set()
+        self._resolve_log = RateLimitedLog(math.inf, log)  # once per URL until it resolves
 
     @property
     def pushers(self) -> list[Pusher]:
@@ -356,11 +357,9 @@ class PushGroup:
         try:
             addrs = self.resolve(host, u.port or (443 if u.scheme == "https" else 80))
         except OSError as e:
-            if url not in self._logged:
-                log.warning("push: cannot resolve %s (%s); using the name as it is", host, e)
-                self._logged.add(url)
+            self._resolve_log.warn(url, "push: cannot resolve %s (%s); using the name as it is", host, e)
             return []
-        self._logged.discard(url)
+        self._resolve_log.clear(url)
         return addrs or []
 
     def refresh(self) -> None:

@@ -12,7 +12,7 @@ from agent.model import ProbeStateKind
 from agent.probes.registry import probe_class
 from agent.probes.tcp_retrans import TcpRetransProbe
 from agent.sampler import ProbeSet
-from agent import loads, smoke
+from agent import loads
 
 pytestmark = pytest.mark.bpf
 

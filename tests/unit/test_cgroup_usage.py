@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.cgroups.model import CgroupReading, CgroupSample, CpuMax, CpuStat, PodSample, Pressure, PsiLine
+from agent.cgroups.model import CgroupReading, CgroupSample, CpuMax, CpuStat, PodCgroups, Pressure, PsiLine
 from agent.cgroups.usage import cgroup_window, counter_delta, cpu_cores, pod_windows, stall_fraction
 
 
@@ -50,9 +50,9 @@ def test_cgroup_window():
 
 
 def test_pod_windows_only_for_pods_in_both_readings():
-    a = CgroupReading("/r", 0.0, pods={"u1": PodSample(sample(0.0, 0, path="a")), "gone": PodSample(sample(0.0, 0))},
+    a = CgroupReading("/r", 0.0, pods={"u1": PodCgroups(sample(0.0, 0, path="a")), "gone": PodCgroups(sample(0.0, 0))},
                       others={"s": sample(0.0, 0, path="s")})
-    b = CgroupReading("/r", 1.0, pods={"u1": PodSample(sample(1.0, 2_000_000, path="a")), "new": PodSample(sample(1.0, 7))},
+    b = CgroupReading("/r", 1.0, pods={"u1": PodCgroups(sample(1.0, 2_000_000, path="a")), "new": PodCgroups(sample(1.0, 7))},
                       others={"s": sample(1.0, 100_000, path="s")})
     w = pod_windows(a, b)
     assert set(w) == {"u1", "s"} and w["u1"].cpu_cores == 2.0 and w["s"].cpu_cores == pytest.approx(0.1)
