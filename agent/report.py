@@ -61,6 +61,46 @@ def score_inputs(config: Config, specs: Sequence[ProbeSpec], figures: Mapping[st
     return out
 
 
+def snmp_retrans(tcp_segments: tuple[int, int] | None) -> tuple[float | None, int | None, int | None]:
+    """(rate, sent, retransmitted) from the kernel's SNMP counters over the window (a reader,
+    not a probe). Linux's OutSegs excludes retransmitted segments, so the sent are both."""
+    if tcp_segments is None:
+        return None, None, None
+    sent, retrans = tcp_segments
+    total = sent + retrans
+    return (retrans / total if total else 0.0), sent, retrans
+
+
+def pod_report(p: PodSample, rtt_slo_ms: float, figures: Mapping[str, ProbeFigures]) -> PodReport:
+    """One pod: what its readers measured, and each up probe's figures for it."""
+    return PodReport(
+        uid=p.uid, namespace=p.namespace, pod=p.pod, tenant=p.tenant,
+        cpu_used=p.cpu_used, cpu_limit=p.cpu_limit, memory_used=p.memory_used,
+        memory_limit=p.memory_limit, host_network=p.host_network, rtt_slo_ms=rtt_slo_ms,
+        figures={name: f.pods[p.uid] for name, f in figures.items() if p.uid in f.pods},
+        addresses=tuple(p.addresses),
+        qos=p.qos, cpu_throttled_ratio=p.cpu_throttled_ratio, cpu_pressure=p.cpu_pressure,
+        memory_pressure=p.memory_pressure, net_rx_bytes=p.net_rx_bytes,
+        net_tx_bytes=p.net_tx_bytes, net_seconds=p.net_seconds,
+        cpu_seconds_total=p.cpu_seconds_total,
+        cpu_throttled_seconds_total=p.cpu_throttled_seconds_total,
+        net_rx_bytes_total=p.net_rx_bytes_total, net_tx_bytes_total=p.net_tx_bytes_total,
+    )
+
+
+def tenant_fairness(pods: Sequence[PodSample], resources: NodeResources) -> float:
+    """Jain's index over the tenants' dominant shares of the node."""
+    cpu: dict[str, float] = {}
+    mem: dict[str, float] = {}
+    for p in pods:
+        cpu[p.tenant] = cpu.get(p.tenant, 0.0) + (p.cpu_used or 0.0)
+        mem[p.tenant] = mem.get(p.tenant, 0.0) + (p.memory_used or 0.0)
+    shares = [dominant_share(cpu.get(t), resources.cpu_allocatable, mem.get(t),
+                             resources.memory_allocatable) or 0.0
+              for t in sorted(set(cpu) | set(mem))]
+    return jain_index(shares)
+
+
 def build_report(
     config: Config,
     *,
@@ -92,41 +132,9 @@ def build_report(
                   score=config.score)
     figures = probe_figures(specs, states, windows, cumulative, ctx)
 
-    # --- retransmit rate from the kernel's SNMP counters (a reader, not a probe) ---------------
-    retrans_rate = sent = retrans_segs = None
-    if tcp_segments is not None:
-        # Linux's OutSegs excludes retransmitted segments, so the segments sent are both
-        sent, retrans_segs = tcp_segments
-        total = sent + retrans_segs
-        retrans_rate = retrans_segs / total if total else 0.0
-
-    # --- pods and fairness ----------------------------------------------------------------------
-    pod_reports = []
-    tenant_cpu: dict[str, float] = {}
-    tenant_mem: dict[str, float] = {}
-    for p in ordered:
-        pod_reports.append(PodReport(
-            uid=p.uid, namespace=p.namespace, pod=p.pod, tenant=p.tenant,
-            cpu_used=p.cpu_used, cpu_limit=p.cpu_limit, memory_used=p.memory_used,
-            memory_limit=p.memory_limit, host_network=p.host_network, rtt_slo_ms=slo[p.uid],
-            figures={name: f.pods[p.uid] for name, f in figures.items() if p.uid in f.pods},
-            addresses=tuple(p.addresses),
-            qos=p.qos, cpu_throttled_ratio=p.cpu_throttled_ratio, cpu_pressure=p.cpu_pressure,
-            memory_pressure=p.memory_pressure, net_rx_bytes=p.net_rx_bytes,
-            net_tx_bytes=p.net_tx_bytes, net_seconds=p.net_seconds,
-            cpu_seconds_total=p.cpu_seconds_total,
-            cpu_throttled_seconds_total=p.cpu_throttled_seconds_total,
-            net_rx_bytes_total=p.net_rx_bytes_total, net_tx_bytes_total=p.net_tx_bytes_total,
-        ))
-        tenant_cpu[p.tenant] = tenant_cpu.get(p.tenant, 0.0) + (p.cpu_used or 0.0)
-        tenant_mem[p.tenant] = tenant_mem.get(p.tenant, 0.0) + (p.memory_used or 0.0)
-    tenant_shares = []
-    for t in sorted(set(tenant_cpu) | set(tenant_mem)):
-        s = dominant_share(tenant_cpu.get(t), resources.cpu_allocatable,
-                           tenant_mem.get(t), resources.memory_allocatable)
-        tenant_shares.append(s or 0.0)
-    fairness = jain_index(tenant_shares)
-
+    retrans_rate, sent, retrans_segs = snmp_retrans(tcp_segments)
+    pod_reports = tuple(pod_report(p, slo[p.uid], figures) for p in ordered)
+    fairness = tenant_fairness(ordered, resources)
     inputs = score_inputs(config, specs, figures, {"retrans_rate": retrans_rate,
                                                     "cpu_util": resources.cpu_utilization})
     return NodeReport(
@@ -154,7 +162,7 @@ def build_report(
         per_task_fairness=fairness,
         score=node_score(inputs, config.score.weights),
         score_inputs=inputs,
-        pods=tuple(pod_reports),
+        pods=pod_reports,
         cumulative=dict(cumulative),
         program_stats=dict(program_stats or {}),
         sample_duration_seconds=sample_duration_seconds,

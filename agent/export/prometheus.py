@@ -138,15 +138,25 @@ def _histogram(spec: ProbeSpec, s: Series, h: Histogram, options: ExportOptions)
 def render_report(r: NodeReport, options: ExportOptions = ExportOptions(),
                   specs: Sequence[ProbeSpec] | None = None) -> list[Metric]:
     specs = tuple(specs) if specs is not None else registry.specs()
-    out: list[Metric] = []
-    # --- each probe's node series, from its declaration (absent while the probe is not up) ---
+    return (probe_node_series(r, specs, options) + node_gauges(r) + probe_health(r)
+            + pod_series(r, specs, options))
+
+
+def probe_node_series(r: NodeReport, specs: Sequence[ProbeSpec], options: ExportOptions) -> list[Metric]:
+    """Each probe's node series, from its declaration (absent while the probe is not up)."""
+    out = []
     for spec in specs:
         for s in spec.series:
             if not s.per_pod:
                 m = _node_series(spec, s, r.figures.get(spec.name), options)
                 if m is not None:
                     out.append(m)
-    # --- node readers: the seed design's gauges (names fixed), then the node's figures -------
+    return out
+
+
+def node_gauges(r: NodeReport) -> list[Metric]:
+    """The node readers' figures: the seed design's gauges (names fixed), then the node's."""
+    out: list[Metric] = []
     _gauge("ebpf_tcp_retrans_rate",
            "Share of TCP segments sent over the last window that were retransmissions: "
            "RetransSegs / (OutSegs + RetransSegs), kernel SNMP counters of every network namespace",
@@ -166,7 +176,11 @@ def render_report(r: NodeReport, options: ExportOptions = ExportOptions(),
     ni = GaugeMetricFamily("ebpf_node_info", "The node this agent runs on", labels=["node", "agent_version"])
     ni.add_metric([r.node_name, r.agent_version], 1)
     out.append(ni)
-    # --- probe health -----------------------------------------------------------------------------
+    return out
+
+
+def probe_health(r: NodeReport) -> list[Metric]:
+    """Every probe's state, lost events and (with bpf_stats) kernel run time."""
     up = GaugeMetricFamily("ebpf_probe_up", "1 when the probe is loaded, attached and read", labels=["probe"])
     state = GaugeMetricFamily("ebpf_probe_state", "The probe's state (1 for the current one)",
                               labels=["probe", "state"])
@@ -174,7 +188,7 @@ def render_report(r: NodeReport, options: ExportOptions = ExportOptions(),
         up.add_metric([name], 1 if st.state is ProbeStateKind.UP else 0)
         for kind in ProbeStateKind:
             state.add_metric([name, kind.value], 1 if st.state is kind else 0)
-    out += [up, state]
+    out: list[Metric] = [up, state]
     lost = CounterMetricFamily("ebpf_probe_lost_events",
                                "Events a probe could not record because a bounded kernel map was full",
                                labels=["probe"])
@@ -194,45 +208,62 @@ def render_report(r: NodeReport, options: ExportOptions = ExportOptions(),
         out += [rt, rc]
     _gauge("ebpf_agent_sample_duration_seconds", "Time the last sampling cycle took",
            r.sample_duration_seconds, out)
-    # --- per pod (only pods in the latest report: gone pods stop appearing) --------------------
+    return out
+
+
+# per-pod series of the pod readers: key -> (name, help, counter?, value of a PodReport)
+POD_READER_SERIES = {
+    "cpu": ("ebpf_pod_cpu_used_cores", "Pod CPU used over the last window (cores)", False,
+            lambda p: p.cpu_used),
+    "cpu_limit": ("ebpf_pod_cpu_limit_cores", "Pod CPU limit from cpu.max (cores)", False,
+                  lambda p: p.cpu_limit),
+    "mem": ("ebpf_pod_memory_used_bytes", "Pod memory working set", False, lambda p: p.memory_used),
+    "mem_limit": ("ebpf_pod_memory_limit_bytes", "Pod memory limit from memory.max", False,
+                  lambda p: p.memory_limit),
+    "rx": ("ebpf_pod_network_receive_bytes_per_second", "Bytes the pod's network namespace received per second over the last window", False,
+           lambda p: None if p.net_rx_bytes is None or not p.net_seconds else p.net_rx_bytes / p.net_seconds),
+    "tx": ("ebpf_pod_network_transmit_bytes_per_second", "Bytes the pod's network namespace sent per second over the last window", False,
+           lambda p: None if p.net_tx_bytes is None or not p.net_seconds else p.net_tx_bytes / p.net_seconds),
+    "throttled": ("ebpf_pod_cpu_throttled_ratio", "Share of the pod's CFS periods throttled over the last window", False,
+                  lambda p: p.cpu_throttled_ratio),
+    "cpu_psi": ("ebpf_pod_cpu_pressure_ratio", "Share of the last window some of the pod's tasks waited for CPU (cpu.pressure some)", False,
+                lambda p: p.cpu_pressure),
+    "mem_psi": ("ebpf_pod_memory_pressure_ratio", "Share of the last window some of the pod's tasks stalled on memory (memory.pressure some)", False,
+                lambda p: p.memory_pressure),
+    "cpu_total": ("ebpf_pod_cpu_seconds", "CPU time the pod's cgroup used (cpu.stat usage_usec)", True,
+                  lambda p: p.cpu_seconds_total),
+    "throttled_total": ("ebpf_pod_cpu_throttled_seconds", "Time the pod's cgroup was throttled by its CPU limit (cpu.stat throttled_usec)", True,
+                        lambda p: p.cpu_throttled_seconds_total),
+    "rx_total": ("ebpf_pod_network_receive_bytes", "Bytes the pod's network namespace received, all interfaces (absent for host-network pods)", True,
+                 lambda p: p.net_rx_bytes_total),
+    "tx_total": ("ebpf_pod_network_transmit_bytes", "Bytes the pod's network namespace sent, all interfaces (absent for host-network pods)", True,
+                 lambda p: p.net_tx_bytes_total),
+}
+
+
+def pod_series(r: NodeReport, specs: Sequence[ProbeSpec], options: ExportOptions) -> list[Metric]:
+    """Per pod, only pods in the latest report (gone pods stop appearing), within the budget."""
     labels = ["namespace", "pod"]
-    fams = {
-        "cpu": GaugeMetricFamily("ebpf_pod_cpu_used_cores", "Pod CPU used over the last window (cores)", labels=labels),
-        "cpu_limit": GaugeMetricFamily("ebpf_pod_cpu_limit_cores", "Pod CPU limit from cpu.max (cores)", labels=labels),
-        "mem": GaugeMetricFamily("ebpf_pod_memory_used_bytes", "Pod memory working set", labels=labels),
-        "mem_limit": GaugeMetricFamily("ebpf_pod_memory_limit_bytes", "Pod memory limit from memory.max", labels=labels),
-        "rx": GaugeMetricFamily("ebpf_pod_network_receive_bytes_per_second", "Bytes the pod's network namespace received per second over the last window", labels=labels),
-        "tx": GaugeMetricFamily("ebpf_pod_network_transmit_bytes_per_second", "Bytes the pod's network namespace sent per second over the last window", labels=labels),
-        "throttled": GaugeMetricFamily("ebpf_pod_cpu_throttled_ratio", "Share of the pod's CFS periods throttled over the last window", labels=labels),
-        "cpu_psi": GaugeMetricFamily("ebpf_pod_cpu_pressure_ratio", "Share of the last window some of the pod's tasks waited for CPU (cpu.pressure some)", labels=labels),
-        "mem_psi": GaugeMetricFamily("ebpf_pod_memory_pressure_ratio", "Share of the last window some of the pod's tasks stalled on memory (memory.pressure some)", labels=labels),
-        "cpu_total": CounterMetricFamily("ebpf_pod_cpu_seconds", "CPU time the pod's cgroup used (cpu.stat usage_usec)", labels=labels),
-        "throttled_total": CounterMetricFamily("ebpf_pod_cpu_throttled_seconds", "Time the pod's cgroup was throttled by its CPU limit (cpu.stat throttled_usec)", labels=labels),
-        "rx_total": CounterMetricFamily("ebpf_pod_network_receive_bytes", "Bytes the pod's network namespace received, all interfaces (absent for host-network pods)", labels=labels),
-        "tx_total": CounterMetricFamily("ebpf_pod_network_transmit_bytes", "Bytes the pod's network namespace sent, all interfaces (absent for host-network pods)", labels=labels),
-    }
+    readers = [(CounterMetricFamily if counter else GaugeMetricFamily)(name, doc, labels=labels)
+               for name, doc, counter, _ in POD_READER_SERIES.values()]
+    values = [fn for *_, fn in POD_READER_SERIES.values()]
     probe_fams = [(spec, s, _family(s, labels)) for spec in specs for s in spec.series if s.per_pod]
     pods, overflow = exported_pods(r, options)
+    out: list[Metric] = []
     _gauge("ebpf_pods", "Pods in the latest report (every one is in the push and /report)",
            len(r.pods), out)
     _gauge("ebpf_pods_not_exported", "Pods of the latest report without per-pod series here "
            "(pod_series off, or beyond max_exported_pods)", overflow, out)
     for p in pods:
         lv = [p.namespace, p.pod]
-        per_s = lambda v: None if v is None or not p.net_seconds else v / p.net_seconds  # noqa: E731
-        for key, v in (("cpu", p.cpu_used), ("cpu_limit", p.cpu_limit), ("mem", p.memory_used),
-                       ("mem_limit", p.memory_limit), ("throttled", p.cpu_throttled_ratio),
-                       ("cpu_psi", p.cpu_pressure), ("mem_psi", p.memory_pressure),
-                       ("rx", per_s(p.net_rx_bytes)), ("tx", per_s(p.net_tx_bytes)),
-                       ("cpu_total", p.cpu_seconds_total),
-                       ("throttled_total", p.cpu_throttled_seconds_total),
-                       ("rx_total", p.net_rx_bytes_total), ("tx_total", p.net_tx_bytes_total)):
+        for fam, fn in zip(readers, values):
+            v = fn(p)
             if v is not None:
-                fams[key].add_metric(lv, float(v))
+                fam.add_metric(lv, float(v))
         for spec, s, fam in probe_fams:
             v = p.figures.get(spec.name, {}).get(s.figure)
             if v is not None:
                 fam.add_metric(lv, float(v) * s.scale)
     out += [f for _, _, f in probe_fams if f.samples]
-    out += [f for f in fams.values() if f.samples]
+    out += [f for f in readers if f.samples]
     return out
