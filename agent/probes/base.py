@@ -300,6 +300,11 @@ ADDR_ROW_MAPS = (
 )
 
 
+def address_row_params(config) -> dict[str, int]:
+    """The -D value of bpf/addr_rows.bpf.h that is not a map's size."""
+    return {"ADDR_SPILL_ADDRS": config.max_addresses}
+
+
 def address_rows(bpf) -> dict[int, str]:
     """row -> local address, for the addresses that got a row (bpf/addr_rows.bpf.h)."""
     return {int(v.value): render_addr(bytes(k.addr)) for k, v in bpf[b"addr_row_of"].items()

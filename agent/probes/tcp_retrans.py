@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 
 from agent import loads
 from agent.model import ProbeSnapshot
-from agent.probes.base import ADDR_ROW_MAPS, BccProbe, address_rows, render_addr
+from agent.probes.base import ADDR_ROW_MAPS, BccProbe, address_row_params, address_rows, render_addr
 from agent.probes.spec import (Context, Field, Figures, MapSpec, ProbeSpec, Series, Smoke,
                                by_owner)
 
@@ -41,7 +41,7 @@ SPEC = ProbeSpec(
           MapSpec("retrans_by_addr", 16, 8, lambda c: c.max_addresses, define="RETRANS_MAX_ENTRIES"),
           MapSpec("lost_events", 4, 8, lambda c: 1),
           *ADDR_ROW_MAPS),
-    params=lambda c: {"ADDR_SPILL_ADDRS": c.max_addresses},
+    params=address_row_params,
     attribution="address",
     summarize=summarize,
     series=(

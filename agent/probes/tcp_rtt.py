@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 from agent import loads
 from agent.model import Histogram, ProbeSnapshot
-from agent.probes.base import ADDR_ROW_MAPS, BccProbe, ProbeUnsupported, address_rows, render_addr
+from agent.probes.base import ADDR_ROW_MAPS, BccProbe, address_row_params, ProbeUnsupported, address_rows, render_addr
 from agent.probes.spec import (Context, Field, Figures, HistSpec, MapSpec, ProbeSpec, Series,
                                Signal, Smoke, by_owner, count_above_seconds, merged,
                                quantile_seconds)
@@ -78,7 +78,7 @@ SPEC = ProbeSpec(
           MapSpec("rtt_hist", 20, 16, spill_entries, define="RTT_MAX_ENTRIES"),
           MapSpec("lost_events", 4, 8, lambda c: 1),
           *ADDR_ROW_MAPS),
-    params=lambda c: {"ADDR_SPILL_ADDRS": c.max_addresses},
+    params=address_row_params,
     hist=HIST,
     attribution="address",
     summarize=summarize,
