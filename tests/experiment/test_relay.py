@@ -64,8 +64,10 @@ def test_delay_and_jitter_match_ping_and_ss(tmp_path):
 
         assert len(pings) >= 45, pings
         ba = held["ba"]["hold_ms"]
-        # the relay held what it was told to (uniform 15..25 ms: median ~20)
-        assert 18 <= ba["p50"] <= 22 and ba["p10"] >= 14.5 and ba["max"] <= 27, held
+        # the relay held what it was told to (uniform 15..25 ms: median ~20); a relay process
+        # the shared machine descheduled releases late, so the top is bounded at p90, not max
+        # (measured beside heavy load: p90 24.3 ms, p99 31.3 ms)
+        assert 18 <= ba["p50"] <= 22 and ba["p10"] >= 14.5 and ba["p90"] <= 27, held
         assert held["ab"]["hold_ms"]["p50"] < 2, held  # the other direction untouched
         # ping, over the same window, sees the relay's hold as path delay
         added = statistics.median(pings) - base_ms

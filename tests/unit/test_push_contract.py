@@ -72,8 +72,9 @@ def test_refusals_are_not_retried_and_logged_once_with_the_message(ext, caplog, 
         time.sleep(0.4)
         assert p.attempts == 1 and not p.pending  # this report is dropped, not retried
         p.offer({"sequence": 2})  # the next report is tried (at the next interval)
-        assert wait_for(lambda: p.attempts == 2)
-        assert p.failures[f"http_{code}"] == 2 and p.rejected == 2
+        # the worker counts the attempt before it reads the answer: wait for both
+        assert wait_for(lambda: p.attempts == 2 and p.rejected == 2)
+        assert p.failures[f"http_{code}"] == 2
         logged = [r for r in caplog.records if f"HTTP {code}" in r.getMessage()]
         assert len(logged) == 1 and f"stub refuses with {code}" in logged[0].getMessage()
     finally:
