@@ -61,7 +61,8 @@ class ProbeSet:
         self._lock = threading.RLock()
         self._closed = False
         self._slots = {
-            p.name: _Slot(p, ProbeState(p.name, ProbeStateKind.DOWN, "not started"),
+            p.name: _Slot(p, ProbeState(p.name, ProbeStateKind.DOWN,
+                                        "not started yet (the agent is starting)"),
                           backoff=Backoff(retry_first, max(retry_first, retry_max)))
             for p in probes
         }
