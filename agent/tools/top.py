@@ -316,6 +316,21 @@ def run_plain(src: Source, view: View, count: int | None, out=print,
     return 0
 
 
+def _fit(curses, scr) -> tuple[int, int]:  # pragma: no cover - driven in tmux by tests
+    """The screen's size, following the terminal's real one: a resize that arrived without a
+    KEY_RESIZE (found in the tmux test: a pane made 80 columns wide and widened at once stayed
+    80 columns to curses) is applied here."""
+    import os
+
+    try:
+        cols, rows = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        return scr.getmaxyx()
+    if (rows, cols) != scr.getmaxyx():
+        curses.resizeterm(rows, cols)
+    return scr.getmaxyx()
+
+
 def run_curses(src: Source, view: View) -> int:  # pragma: no cover - driven in tmux by tests
     import curses
 
@@ -326,14 +341,22 @@ def run_curses(src: Source, view: View) -> int:  # pragma: no cover - driven in 
         editing: str | None = None
         dirty = True
         while True:
+            repaint = False
             if src.poll():
-                dirty = True
+                # a full repaint once a window: whatever else wrote to the terminal (a stray
+                # log line, a resize curses missed) is gone by the next window
+                dirty = repaint = True
             if dirty:
-                h, w = scr.getmaxyx()
+                size = scr.getmaxyx()
+                h, w = _fit(curses, scr)
+                repaint = repaint or (h, w) != size
                 lines = screen_lines(src.report, view, src.url, src.age(), src.error)
                 if editing is not None:
                     lines.insert(min(3, len(lines)), f"namespace filter: {editing}_")
-                scr.erase()
+                if repaint:
+                    scr.clear()
+                else:
+                    scr.erase()
                 for y, line in enumerate(lines[:h]):
                     try:
                         scr.addnstr(y, 0, line, w - 1, curses.A_REVERSE if y == 0 else 0)
