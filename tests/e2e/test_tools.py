@@ -218,3 +218,40 @@ def test_every_tool_has_help_with_an_example():
     for cmd in ("status", "top", "measure", "record"):
         r = tool(cmd, "--help")
         assert r.returncode == 0 and "example" in r.stdout, cmd
+
+
+def test_status_against_the_real_agent_with_push_and_its_rss_against_proc():
+    from tests.e2e.agent_proc import Agent
+    from tests.extender_stub import ExtenderStub
+
+    ext = ExtenderStub()
+    try:
+        with Agent("--kubernetes", "off", "--sample-interval", "1", "--extender-url", ext.url,
+                   "--push-interval", "1", "--push-timeout", "0.5") as agent:
+            agent.wait_ready(120)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not ext.received:
+                time.sleep(0.2)
+            r = tool("status", "--url", agent.base, "--json")
+            doc = json.loads(r.stdout)
+            witness_rss = agent.rss_bytes()
+            rep = agent.report()
+            assert r.returncode == (0 if doc["healthy"] else 1)
+            assert set(doc["probes"]) == set(rep["probes"])
+            down = {n: p for n, p in doc["probes"].items() if p["state"] == "down"}
+            assert doc["healthy"] == (not down), doc["checks"]
+            assert doc["pods_covered"] == len(rep["pod_uids"])
+            assert doc["rss_bytes"] == pytest.approx(witness_rss, rel=0.25)
+            assert [p["endpoint"] for p in doc["push"]] == [ext.url + "/metrics/report"]
+            assert doc["push"][0]["ok"] and doc["push"][0]["last_success_age"] < 3
+            # the extender goes away: after 3 x push_interval the push check fails
+            ext.down()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                r = tool("status", "--url", agent.base)
+                if r.returncode == 1 and "FAIL push" in r.stdout:
+                    break
+                time.sleep(0.5)
+            assert r.returncode == 1 and "more than 3 x push_interval" in r.stdout, r.stdout
+    finally:
+        ext.down()
