@@ -34,6 +34,10 @@ commands, with an example each:
   run            ebpf-edge-agent run --config /etc/ebpf-edge-agent/agent.yaml
   check-kernel   ebpf-edge-agent check-kernel --require all    (a pre-flight for a rollout)
   smoke-test     ebpf-edge-agent smoke-test --passive 30       (watches, makes no load)
+  status         ebpf-edge-agent status                        (exit 0 when healthy)
+  top            ebpf-edge-agent top --namespace team-a        (live view; q quits)
+  measure        ebpf-edge-agent measure --pod UID --json > before.json
+  record         ebpf-edge-agent record --out /var/tmp/depcon2.csv
 
 Every configuration key can also be set by an environment variable EBPF_EDGE_AGENT_<KEY>
 (upper case), e.g. EBPF_EDGE_AGENT_SAMPLE_INTERVAL=5; flags win over the environment, which
@@ -371,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--bpf-stats", action="store_true",
                     help="measure each probe's kernel run time per event (BPF_ENABLE_STATS, "
                          "released when the test ends)")
+    from agent.tools import cli as tools_cli
+
+    tools_cli.add_parsers(sub, common, fmt)
     return p
 
 
@@ -398,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check_kernel(args, config)
     if args.command == "smoke-test":
         return cmd_smoke_test(args, config)
+    from agent.tools import cli as tools_cli
+
+    if args.command in tools_cli.COMMANDS:
+        return tools_cli.dispatch(args, config)
     return 2
 
 

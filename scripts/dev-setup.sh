@@ -25,8 +25,9 @@ ARCH=$(dpkg --print-architecture)
 # iproute2 (ip, ss, tc, nstat) and iptables are the test lab's tools and witnesses;
 # prometheus (server + promtool) is the real scraper the end-to-end tests use; stress-ng is the
 # load the robustness check runs beside the suite (tests must hold on a busy, shared machine);
-# iputils-ping is the experiment relay's witness (ping RTT across the relay, tests/experiment).
-PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus stress-ng iputils-ping"
+# iputils-ping is the experiment relay's witness (ping RTT across the relay, tests/experiment);
+# tmux is the pseudo-terminal the `top` test drives (send-keys, capture-pane).
+PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus stress-ng iputils-ping tmux"
 # make bench only (DEV_SETUP_BENCH=1): iperf3 (workload) and bpftrace (the per-event tracer it
 # is compared with); kept out of the test provisioning, bpftrace pulls in libclang.
 [ "${DEV_SETUP_BENCH:-0}" = 1 ] && PKGS="$PKGS iperf3 bpftrace"

@@ -102,6 +102,7 @@ def build_payload(r: NodeReport, specs: Sequence[ProbeSpec] | None = None) -> di
             "memory_pressure": _r(p.memory_pressure),
             "net_rx_bytes": p.net_rx_bytes,
             "net_tx_bytes": p.net_tx_bytes,
+            "net_seconds": _r(p.net_seconds),
         }
         for spec in specs:
             for f in spec.pod_payload:
