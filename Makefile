@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 AGENT  := $(VENV)/bin/ebpf-edge-agent
 PYTEST_ARGS ?=
 
-.PHONY: dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench image deploy undeploy test-deploy stress-check experiment
+.PHONY: docs dev-setup test test-unit test-bpf smoke-test check-kernel run clean test-kernels bench image deploy undeploy test-deploy stress-check experiment
 
 dev-setup:
 	@./scripts/dev-setup.sh
@@ -48,6 +48,10 @@ stress-check: dev-setup
 # boots Debian's 5.10, 6.1 and 6.12 kernels in QEMU and runs the probes there (not part of make test)
 test-kernels: dev-setup
 	./scripts/kernel-matrix/run.sh
+
+# docs/metrics.md from the exporters' declarations and the schema (a unit test keeps it current)
+docs: dev-setup
+	$(PY) scripts/gen-docs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
