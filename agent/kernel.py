@@ -161,9 +161,14 @@ def read_format(tracefs: Path, system: str, event: str) -> TracepointFormat | No
 
 
 def find_tracefs(candidates: Sequence[Path]) -> Path | None:
+    """The first candidate with an ``events`` directory this process can see; one it may not
+    enter (tracefs is mode 700 for root) counts as absent instead of raising."""
     for c in candidates:
-        if (c / "events").is_dir():
-            return c
+        try:
+            if (c / "events").is_dir():
+                return c
+        except PermissionError:
+            continue
     return None
 
 

@@ -178,3 +178,25 @@ def test_detect_against_a_fixture_tree_without_tracefs(tmp_path):
     k = K.detect([tmp_path / "nope"], tmp_path / "btf", tmp_path, tmp_path, check_permission=False)
     assert k.tracefs is None and all(v is None for v in k.formats.values())
     assert k.headers.kind == "none" and k.btf_path is None
+
+
+def test_a_tracefs_this_process_may_not_enter_counts_as_absent(tmp_path, monkeypatch):
+    # as non-root, stat() of /sys/kernel/tracing/events raises EACCES: check-kernel must still
+    # answer (it crashed with a traceback before), and the next candidate is tried
+    from pathlib import Path
+
+    from agent.kernel import find_tracefs
+
+    closed, usable = tmp_path / "closed", tmp_path / "open"
+    (closed / "events").mkdir(parents=True)
+    (usable / "events").mkdir(parents=True)
+    real = Path.is_dir
+
+    def is_dir(self):
+        if self == closed / "events":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert find_tracefs([closed, usable]) == usable
+    assert find_tracefs([closed]) is None
