@@ -17,7 +17,7 @@ say() { printf 'dev-setup: %s\n' "$*"; }
 die() { printf 'dev-setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (BPF, tracefs mounts and apt need it); try: sudo make dev-setup"
-command -v apt-get >/dev/null 2>&1 || die "apt-get not found: only Debian and Ubuntu are provisioned automatically (see README, 'Requirements')"
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found: only Debian and Ubuntu are provisioned automatically (see docs/platforms.md)"
 
 # --- 1. packages -----------------------------------------------------------
 ARCH=$(dpkg --print-architecture)

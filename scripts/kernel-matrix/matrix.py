@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Kernel matrix results: collect one run's output into JSON, render the README table.
+"""Kernel matrix results: collect one run's output into JSON, render the table in docs/platforms.md.
 
     matrix.py collect --name SUITE --out DIR --seconds N --results DIR
-    matrix.py render  --results DIR --readme README.md [--check]
+    matrix.py render  --results DIR --doc docs/platforms.md [--check]   (--readme: the old name)
     matrix.py verdict --results DIR SUITE...
 
 ``collect`` turns what guest-run.sh left in DIR (check-kernel/smoke-test JSON and exit codes,
 pytest's JUnit XML) into ``<results>/<SUITE>.json``. ``render`` writes the kernel x probe table
-between the README's kernel-matrix markers, from those JSON files only. Standard library only.
+between the page's kernel-matrix markers, from those JSON files only. Standard library only.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def replace_block(readme: str, block: str) -> str:
     m = BEGIN_RE.search(readme)
     end = readme.find(END)
     if not m or end < m.end():
-        raise ValueError("README has no kernel-matrix:begin/end markers")
+        raise ValueError("no kernel-matrix:begin/end markers in the page")
     return readme[:m.end()] + "\n" + block + "\n" + readme[end:]
 
 
@@ -210,7 +210,7 @@ def current_block(readme: str) -> str:
     m = BEGIN_RE.search(readme)
     end = readme.find(END)
     if not m or end < m.end():
-        raise ValueError("README has no kernel-matrix:begin/end markers")
+        raise ValueError("no kernel-matrix:begin/end markers in the page")
     return readme[m.end():end].strip("\n")
 
 
@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--results", type=Path, required=True)
     r = sub.add_parser("render")
     r.add_argument("--results", type=Path, required=True)
-    r.add_argument("--readme", type=Path, required=True)
-    r.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    r.add_argument("--doc", "--readme", dest="doc", type=Path, required=True,
+                   help="the page holding the kernel-matrix markers (docs/platforms.md)")
+    r.add_argument("--check", action="store_true", help="exit 1 if the page is out of date")
     v = sub.add_parser("verdict")
     v.add_argument("--results", type=Path, required=True)
     v.add_argument("suites", nargs="+")
@@ -261,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.cmd == "render":
         block = expected_block(a.results)
-        text = a.readme.read_text()
+        text = a.doc.read_text()
         if a.check:
             return 0 if current_block(text) == block else 1
-        a.readme.write_text(replace_block(text, block))
+        a.doc.write_text(replace_block(text, block))
         print(block)
         return 0
     rc = 0

@@ -2,7 +2,7 @@
 # Kernel matrix: boot Debian's 5.10 (bullseye), 6.1 (bookworm) and 6.12 (trixie) kernels under
 # QEMU (software emulation, virtme-ng) and run check-kernel, smoke-test and the real-kernel test
 # subset inside each boot; run the same on the host kernel. Results go to
-# tests/kernels/results/<suite>.json and the README table is re-rendered from them.
+# tests/kernels/results/<suite>.json and the table in docs/platforms.md is re-rendered from them.
 #
 # Usage: run.sh [SUITE...]     SUITE: bullseye bookworm trixie host (default: all four)
 #
@@ -256,7 +256,7 @@ main() {
     wait -n || rc=1
     running=$((running - 1))
   done
-  "$REPO/.venv/bin/python" "$HERE/matrix.py" render --results "$RESULTS" --readme "$REPO/README.md"
+  "$REPO/.venv/bin/python" "$HERE/matrix.py" render --results "$RESULTS" --doc "$REPO/docs/platforms.md"
   "$REPO/.venv/bin/python" "$HERE/matrix.py" verdict --results "$RESULTS" "${SUITES[@]}" || rc=1
   log "done in $((SECONDS - t0))s (exit $rc)"
   return $rc

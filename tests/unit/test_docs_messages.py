@@ -3,31 +3,44 @@ plain word of a quoted line is part of a string literal in agent/ (or of os.stre
 values (paths, numbers, names with digits or underscores, URLs, JSON) may come from elsewhere.
 A reworded message therefore fails here until the page is updated."""
 
-import ast
 import os
 import re
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "troubleshooting.md"
 LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) [a-z_.]+: ")
-PLACEHOLDER = re.compile(r"%[-#0-9.]*[sdfr]")
+PLACEHOLDER = re.compile(r"%[-#0-9.]*[sdfr]|\{[^{}]*\}")
 PLAIN = re.compile(r"^[A-Za-z]+[,.;:)]*$|^\([A-Za-z]+$")  # a word that is no value
 
 
+def _body(tok: str) -> str:
+    """The text of a string token without prefix and quotes (escapes of quotes undone)."""
+    i = 0
+    while tok[i] not in "'\"":
+        i += 1
+    q = tok[i:i + 3] if tok[i:i + 3] in ('"""', "'''") else tok[i]
+    return tok[i + len(q):-len(q)].replace('\\"', '"').replace("\\'", "'")
+
+
 def literal_pieces() -> set[str]:
-    """Every constant part of every string literal below agent/, split at its placeholders."""
+    """Every constant part of every string literal below agent/ (adjacent literals joined, as
+    Python does), split at its placeholders (%s, {...}). Read with tokenize, not ast."""
     pieces: set[str] = set()
     for path in (ROOT / "agent").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                parts = PLACEHOLDER.split(node.value)
-            elif isinstance(node, ast.JoinedStr):
-                parts = [v.value for v in node.values
-                         if isinstance(v, ast.Constant) and isinstance(v.value, str)]
-            else:
-                continue
-            pieces.update(p.strip() for p in parts if len(p.strip()) >= 3)
+        run: list[str] = []
+        with open(path, "rb") as f:
+            for tok in tokenize.tokenize(f.readline):
+                if tok.type == tokenize.STRING:
+                    run.append(_body(tok.string))
+                    continue
+                if tok.type in (tokenize.NL, tokenize.COMMENT) and run:
+                    continue
+                if run:
+                    text = "".join(run)
+                    run = []
+                    pieces.update(p.strip() for p in PLACEHOLDER.split(text) if len(p.strip()) >= 3)
     pieces.update(os.strerror(e) for e in range(1, 134))
     return pieces
 
