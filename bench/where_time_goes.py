@@ -85,6 +85,12 @@ VARIANTS = {
             "TRACEPOINT_PROBE(sock, inet_sock_set_state) { if (args->protocol != 6) return 0;"
             " if (args->newstate != 2) return 0; u64 sk = (u64)args->skaddr;"
             " u64 now = bpf_ktime_get_ns(); h.update(&sk, &now); return 0; }",
+        "+ lookup and delete at completion": "BPF_HASH(h, u64, u64, 16384);\n"
+            "TRACEPOINT_PROBE(sock, inet_sock_set_state) { if (args->protocol != 6) return 0;"
+            " u64 sk = (u64)args->skaddr;"
+            " if (args->newstate == 2) { u64 now = bpf_ktime_get_ns(); h.insert(&sk, &now); return 0; }"
+            " if (args->oldstate != 2) return 0;"
+            " u64 *t0 = h.lookup(&sk); if (t0) { h.delete(&sk); } return 0; }",
     },
 }
 

@@ -28,6 +28,7 @@
 #define CONNECT_TCP_SYN_RECV 3
 #define CONNECT_TCP_CLOSE 7
 #define CONNECT_IPPROTO_TCP 6
+#define CONNECT_EEXIST 17  /* errno-base.h */
 
 struct lat_key {
     u8 addr[16];
@@ -52,10 +53,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 
     if (newstate == CONNECT_TCP_SYN_SENT) {
         u64 now = bpf_ktime_get_ns();
-        if (connect_start.lookup(&sk))
-            count_lost();  /* a start whose completion was never seen */
-        if (connect_start.update(&sk, &now))
-            count_lost();  /* full: this open gets no latency sample */
+        int err = connect_start.insert(&sk, &now);  /* one hash operation on the common path */
+        if (err) {
+            count_lost();  /* full (no latency sample), or a start whose completion was never seen */
+            if (err == -CONNECT_EEXIST)
+                connect_start.update(&sk, &now);
+        }
         return 0;
     }
 
