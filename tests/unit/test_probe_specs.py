@@ -263,3 +263,25 @@ def test_connect_summary_of_a_quiet_window_is_unknown_not_zero():
     n = connect.summarize(quiet, quiet, _ctx()).node
     assert n["connect_p50"] is None and n["connect_failure_rate"] is None
     assert (n["connects"], n["connect_failures"], n["passive_opens"]) == (0, 0, 0)
+
+
+def test_connect_failure_rate_is_a_score_signal_of_weight_0_unless_configured():
+    from dataclasses import replace
+
+    from agent.config import ScoreConfig
+    from tests.unit import report_fixture as F
+
+    lay = SlotLayout(5, 21)
+    win = {**F.windows(), "connect": connect.decode(
+        lay, [("10.0.0.5", lay.slot_of(20_000), 30, 600_000)], [("10.0.0.5", 10, 0)], 0, 10.0)}
+    st = {**F.states(), "connect": ProbeState("connect", ProbeStateKind.UP)}
+    seed = F.report()
+    r = F.report(st=st, win=win)
+    assert r.figure("connect", "connect_failure_rate") == pytest.approx(0.25)
+    assert r.score_inputs["connect_failure_rate"] == pytest.approx(1.0)  # 0.25 on [0, 0.25]
+    assert r.score == seed.score  # weight 0: the seed's score is unchanged
+    weighted = replace(Config(), score=ScoreConfig(
+        weights={"rtt_p99": 0.3, "retrans_rate": 0.2, "drop_rate": 0.1, "runqlat_p95": 0.15,
+                 "cpu_util": 0.15, "connect_failure_rate": 0.1}))
+    registry.check_config(weighted)  # its default bounds make the weight valid
+    assert F.report(config=weighted, st=st, win=win).score < seed.score
