@@ -1,8 +1,8 @@
 """The connect witness's two ends, run inside a lab namespace. Prints JSON lines.
 
 serve HOST PORT COUNT SECONDS
-    listen, print {"ready": true}, accept COUNT connections (or until SECONDS pass), print
-    {"accepted": n}
+    listen (HOST "::": dual stack), print {"ready": true}, accept COUNT connections (or until
+    SECONDS pass), print {"accepted": n}
 connect HOST OPEN_PORT N CLOSED_PORT M DROPPED_PORT K
     N blocking connects to OPEN_PORT one after another, each timed around connect() alone;
     M connects to CLOSED_PORT; K concurrent connects to DROPPED_PORT (their SYNs are dropped:
@@ -18,9 +18,15 @@ import threading
 import time
 
 
+def family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def serve(host: str, port: int, count: int, seconds: float) -> None:
-    srv = socket.socket()
+    srv = socket.socket(family(host))
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if host == "::":
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     srv.bind((host, port))
     srv.listen(64)
     srv.settimeout(seconds)
@@ -38,7 +44,7 @@ def serve(host: str, port: int, count: int, seconds: float) -> None:
 
 
 def attempt(host: str, port: int, out: dict, lock: threading.Lock) -> None:
-    s = socket.socket()
+    s = socket.socket(family(host))
     try:
         t0 = time.perf_counter()
         s.connect((host, port))

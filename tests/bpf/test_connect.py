@@ -22,6 +22,7 @@ from agent.config import Config
 from agent.stats.histogram import percentile
 from experiment.lab import RelayLab, _expect
 from tests.bpf.conftest import require_tracepoint
+from tests.bpf.netlab import NetLab
 
 pytestmark = pytest.mark.bpf
 
@@ -88,3 +89,42 @@ def test_connect_latency_and_failures_match_the_client(config, kernel):
     assert pod["connects"] == N_OPEN and pod["connect_failures"] == failed
     assert pod["connect_failure_rate"] == pytest.approx(failed / (failed + N_OPEN))
     assert pod["connect_p50"] == pytest.approx(client_p50, rel=0.10)
+
+
+def test_ipv4_and_ipv6_opens_key_by_their_own_local_address(config, kernel):
+    """Over a veth pair: IPv6 and IPv4 connects from one namespace to a dual-stack listener in
+    the other. Each family's opens land on the client's address of that family, the passive
+    opens on the server's (IPv4-mapped ones as IPv4), each count equal to the client's."""
+    require_tracepoint(kernel, "sock:inet_sock_set_state")
+    n, m = 12, 3
+    ps = ProbeSet([probe_class("connect")(config, kernel)])
+    try:
+        assert ps.start_all()["connect"].state.value == "up", ps.states
+        with NetLab() as lab:
+            a, b = lab.a, lab.b
+            srv = b.popen(sys.executable, str(CLIENT), "serve", "::", str(OPEN), str(2 * n), "60")
+            lab._procs.append(srv)
+            _expect(srv, "ready")
+            ps.read_windows()
+            seen = {}
+            for dst in (b.ip6, b.ip4):
+                cli = a.popen(sys.executable, str(CLIENT), "connect", dst, str(OPEN), str(n),
+                              str(CLOSED), str(m), str(DROPPED), "0")
+                lab._procs.append(cli)
+                out, err = cli.communicate(timeout=60)
+                assert cli.returncode == 0, err
+                seen[dst] = json.loads(out.strip().splitlines()[-1])
+            accepted = json.loads(srv.communicate(timeout=30)[0].strip().splitlines()[-1])
+            win = ps.read_windows()["connect"]
+    finally:
+        ps.close_all()
+    counts = connect.split_counts(win.counts)
+    assert accepted["accepted"] == 2 * n
+    for dst, local in ((b.ip6, a.ip6), (b.ip4, a.ip4)):
+        got = seen[dst]
+        assert got["local"] == local and len(got["established_s"]) == n, got
+        assert got["refused"] == m and got["other"] == [], got
+        assert win.hists[local].count == n
+        assert counts[connect.FAILED].get(local, 0) == m
+    assert counts[connect.PASSIVE].get(b.ip6, 0) == n
+    assert counts[connect.PASSIVE].get(b.ip4, 0) == n  # ::ffff:b.ip4 on the dual-stack socket
