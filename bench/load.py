@@ -29,7 +29,7 @@ end = time.monotonic() + float(sys.argv[5])
 t0, n = time.monotonic(), 0
 while time.monotonic() < end:
     due = int((time.monotonic() - t0) * rate)
-    while n < due:
+    while n < due and time.monotonic() < end:
         s = socket.socket()
         s.settimeout(2)
         try:

@@ -91,6 +91,13 @@ VARIANTS = {
             " if (args->newstate == 2) { u64 now = bpf_ktime_get_ns(); h.insert(&sk, &now); return 0; }"
             " if (args->oldstate != 2) return 0;"
             " u64 *t0 = h.lookup(&sk); if (t0) { h.delete(&sk); } return 0; }",
+        "start in a direct-mapped array instead (not the probe)":
+            "struct st { u64 sk; u64 ts; };\nBPF_ARRAY(a, struct st, 16384);\n"
+            "TRACEPOINT_PROBE(sock, inet_sock_set_state) { if (args->protocol != 6) return 0;"
+            " u64 sk = (u64)args->skaddr; int i = (sk >> 8) & 16383; struct st *e = a.lookup(&i);"
+            " if (!e) return 0;"
+            " if (args->newstate == 2) { e->sk = sk; e->ts = bpf_ktime_get_ns(); return 0; }"
+            " if (args->oldstate == 2 && e->sk == sk) e->sk = 0; return 0; }",
     },
 }
 

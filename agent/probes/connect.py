@@ -97,7 +97,8 @@ SPEC = ProbeSpec(
     tracepoints=("sock:inet_sock_set_state",),
     fields={"sock:inet_sock_set_state": ("skaddr", "oldstate", "newstate", "protocol",
                                          "saddr_v6")},
-    maps=(MapSpec("connect_start", 8, 8, lambda c: c.max_addresses * 16, define="CONNECT_PENDING"),
+    # connect_start: {skaddr, start time} entries chosen by a hash of skaddr (bpf/connect.bpf.c)
+    maps=(MapSpec("connect_start", 4, 16, lambda c: c.max_addresses * 16, define="CONNECT_PENDING"),
           MapSpec("connect_lat", 20, 16, lambda c: c.max_addresses * 64,
                   define="CONNECT_LAT_ENTRIES"),
           MapSpec("connect_counts", 16, 16, lambda c: c.max_addresses, define="CONNECT_MAX_ADDRS"),

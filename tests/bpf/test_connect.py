@@ -8,6 +8,7 @@ server's accepts. Keyed by the lab's own addresses, so the other labs on the nod
 
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,3 +129,39 @@ def test_ipv4_and_ipv6_opens_key_by_their_own_local_address(config, kernel):
         assert counts[connect.FAILED].get(local, 0) == m
     assert counts[connect.PASSIVE].get(b.ip6, 0) == n
     assert counts[connect.PASSIVE].get(b.ip4, 0) == n  # ::ffff:b.ip4 on the dual-stack socket
+
+
+def test_pending_opens_beyond_the_start_table_are_counted_lost(kernel):
+    """More opens pending at once (SYNs dropped, so they stay in SYN_SENT) than the start table
+    has entries: each start that takes over another's entry is counted lost, never hidden. The
+    table has 16 * max_addresses entries; other labs on the node can only add to the count."""
+    require_tracepoint(kernel, "sock:inet_sock_set_state")
+    import dataclasses
+    import socket
+
+    small = dataclasses.replace(Config(), max_addresses=2)
+    entries = connect.SPEC.expected_entries(small)["connect_start"]
+    opens = 10 * entries
+    ps = ProbeSet([probe_class("connect")(small, kernel)])
+    try:
+        assert ps.start_all()["connect"].state.value == "up", ps.states
+        with NetLab() as lab:
+            lab.b.run("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(DROPPED),
+                      "--syn", "-j", "DROP")
+            code = ("import socket, sys, time\n"
+                    "socks = []\n"
+                    f"for _ in range({opens}):\n"
+                    "    s = socket.socket(); s.setblocking(False)\n"
+                    f"    s.connect_ex(({lab.b.ip4!r}, {DROPPED})); socks.append(s)\n"
+                    "print('pending', flush=True)\n"
+                    "sys.stdin.readline()\n")
+            ps.read_windows()
+            cli = lab.a.popen(sys.executable, "-c", code, stdin=subprocess.PIPE)
+            lab._procs.append(cli)
+            assert "pending" in cli.stdout.readline()
+            win = ps.read_windows()["connect"]
+            cli.communicate("\n", timeout=30)  # the client closes them: aborted opens
+    finally:
+        ps.close_all()
+    print(f"\n{opens} opens pending on {entries} entries: lost {win.lost}")
+    assert win.lost >= opens - entries
