@@ -81,17 +81,17 @@ VARIANTS = {
         "TCP filter, per-CPU array count": "BPF_PERCPU_ARRAY(c, u64, 1);\n"
             "TRACEPOINT_PROBE(sock, inet_sock_set_state) { if (args->protocol != 6) return 0;"
             " int z = 0; u64 *v = c.lookup(&z); if (v) (*v)++; return 0; }",
-        "TCP filter, ktime into a hash on SYN_SENT": "BPF_HASH(h, u64, u64, 16384);\n"
+        "TCP filter, start into a hash (insert only)": "BPF_HASH(h, u64, u64, 16384);\n"
             "TRACEPOINT_PROBE(sock, inet_sock_set_state) { if (args->protocol != 6) return 0;"
             " if (args->newstate != 2) return 0; u64 sk = (u64)args->skaddr;"
             " u64 now = bpf_ktime_get_ns(); h.update(&sk, &now); return 0; }",
-        "+ lookup and delete at completion": "BPF_HASH(h, u64, u64, 16384);\n"
+        "TCP filter, start in a hash, lookup and delete at completion": "BPF_HASH(h, u64, u64, 16384);\n"
             "TRACEPOINT_PROBE(sock, inet_sock_set_state) { if (args->protocol != 6) return 0;"
             " u64 sk = (u64)args->skaddr;"
             " if (args->newstate == 2) { u64 now = bpf_ktime_get_ns(); h.insert(&sk, &now); return 0; }"
             " if (args->oldstate != 2) return 0;"
             " u64 *t0 = h.lookup(&sk); if (t0) { h.delete(&sk); } return 0; }",
-        "start in a direct-mapped array instead (not the probe)":
+        "TCP filter, start in a direct-mapped array (as the probe)":
             "struct st { u64 sk; u64 ts; };\nBPF_ARRAY(a, struct st, 16384);\n"
             "TRACEPOINT_PROBE(sock, inet_sock_set_state) { if (args->protocol != 6) return 0;"
             " u64 sk = (u64)args->skaddr; int i = (sk >> 8) & 16383; struct st *e = a.lookup(&i);"
