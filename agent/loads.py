@@ -137,3 +137,32 @@ def closed_port_connects() -> Iterator[dict[str, int]]:
 def cpu_contention() -> Iterator[dict[str, int]]:
     """Twice as many busy processes as CPUs for a second (run-queue latency)."""
     yield {"cpu_hogs": busy_processes()}
+
+
+def accepted_connects(count: int = 5, host: str = "127.0.0.1") -> int:
+    """Connect ``count`` times to a listener that accepts; returns the connections established
+    (each is an active open on the client and a passive open on the listener)."""
+    done = 0
+    with socket.socket() as lst:
+        lst.bind((host, 0))
+        lst.listen(count)
+        lst.settimeout(2)
+        for _ in range(count):
+            with socket.socket() as c:
+                c.settimeout(2)
+                try:
+                    c.connect(lst.getsockname())
+                    conn, _ = lst.accept()
+                    conn.close()
+                    done += 1
+                except OSError:
+                    pass
+    return done
+
+
+@contextlib.contextmanager
+def connect_attempts() -> Iterator[dict[str, int]]:
+    """Connects to a loopback listener (active and passive opens) and to a port nobody listens
+    on (active opens refused)."""
+    yield {"connects_established": accepted_connects(),
+           "connects_refused": refused_connects(3)}

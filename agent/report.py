@@ -20,8 +20,9 @@ from agent.stats.scoring import dominant_share, jain_index, node_score, normaliz
 
 # MAJOR.MINOR. Within a major version fields are only ever added (never removed, renamed or
 # changed in meaning): an extender accepts every report of its major version and ignores the
-# fields it does not know. 1.1 added agent_instance and push_interval_seconds.
-SCHEMA_VERSION = "1.1"
+# fields it does not know. 1.1 added agent_instance and push_interval_seconds; 1.2 the connect
+# probe's fields (connect_*, connects, passive_opens, node and per pod).
+SCHEMA_VERSION = "1.2"
 AGENT_INSTANCE = uuid.uuid4().hex  # this process's instance id
 
 

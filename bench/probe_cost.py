@@ -8,7 +8,8 @@ a tracepoint shifts its measured cost by up to ~17 ns (the first one runs on col
 floor is the mean of the two, and both are reported.
 
 Uses BPF_ENABLE_STATS (the fd-scoped form of kernel.bpf_stats_enabled=1), released on exit.
-Load: bench/load.py (TCP flows with 3 % drop, a UDP stream to a closed port, CPU hogs).
+Load: bench/load.py (TCP flows with 3 % drop, a UDP stream to a closed port, CPU hogs, TCP
+connection churn).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EMPTY = {
     "sched:sched_wakeup": "TRACEPOINT_PROBE(sched, sched_wakeup) { return 0; }",
     "sched:sched_wakeup_new": "TRACEPOINT_PROBE(sched, sched_wakeup_new) { return 0; }",
     "sched:sched_switch": "TRACEPOINT_PROBE(sched, sched_switch) { return 0; }",
+    "sock:inet_sock_set_state": "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }",
 }
 
 

@@ -418,8 +418,9 @@ How to read the numbers:
   are gone stop appearing.
 - **Series budget.** `pod_series` (per-pod series at all), `max_exported_pods` (default 110, the
   kubelet's default maxPods; beyond it the busiest by CPU are kept and `ebpf_pods_not_exported`
-  counts the rest) and `export_buckets_per_octave` (1, 2, 4 or 8). 110 pods with every signal are
-  2,118 series (a unit test holds it under 2,500); what that costs a Prometheus at 500 and
+  counts the rest) and `export_buckets_per_octave` (1, 2, 4 or 8). 110 pods with every signal
+  stay under 2,500 series (`pytest -s tests/unit/test_series_budget.py` holds it and prints the
+  count); what that costs a Prometheus at 500 and
   5,000 nodes is in [BENCHMARKS.md](../BENCHMARKS.md), section 5. The report and the push always
   carry every pod.
 - **Push series** are labelled `endpoint` (the URL) and `address` (the IP it was reached at, ""

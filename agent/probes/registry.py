@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.probes import runqlat, skb_drop, tcp_retrans, tcp_rtt
+from agent.probes import connect, runqlat, skb_drop, tcp_retrans, tcp_rtt
 from agent.probes.spec import ProbeSpec
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ PROBES = {
         (tcp_retrans, tcp_retrans.TcpRetransProbe),
         (skb_drop, skb_drop.SkbDropProbe),
         (runqlat, runqlat.RunqlatProbe),
+        (connect, connect.ConnectProbe),
     )
 }
 

@@ -176,8 +176,8 @@ boot_suite() {
   local out=$WORK/out-$suite
   rm -rf "$out"; mkdir -p "$out"
   # The guest gets a tmpfs on /tmp: only the --rwdir is shared, so the guest
-  # script has to live inside it.
-  cp "$WORK/guest-capture.sh" "$out/"
+  # script and its list of events have to live inside it.
+  cp "$WORK/guest-capture.sh" "$WORK/events.txt" "$out/"
   log "$suite: booting $kimg under TCG"
   local t0=$SECONDS
   # vng exits non-zero (255) regardless of the guest's result: judge by DONE.

@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from agent.probes import registry
 from tests.e2e.agent_proc import Agent, Prometheus, http_get
 from tests.extender_stub import ExtenderStub
 
@@ -67,7 +68,7 @@ def test_prometheus_scrapes_and_extender_gets_the_same_numbers():
             for name in SEED_GAUGES:
                 assert prom.query(name), f"Prometheus has no {name}"
             assert prom.query('ebpf_drop_reason_rate{reason="NETFILTER_DROP"} > 0')
-            assert prom.query('ebpf_probe_up == 1') and len(prom.query('ebpf_probe_up == 1')) == 4
+            assert prom.query('ebpf_probe_up == 1') and len(prom.query('ebpf_probe_up == 1')) == len(registry.names())
             # PromQL over the exported histogram agrees with the agent's own percentile for the
             # same window: two scrapes that carry reports N-1 and N; the difference of their
             # cumulative buckets is exactly window N (the exported buckets are 4 per power of

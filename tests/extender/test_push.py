@@ -125,6 +125,38 @@ def test_wrong_major_version_is_refused_with_the_reason(held):
     assert (code, doc["status"]) == (200, "accepted")
 
 
+CONNECT_FIELDS = ("connect_p50_ms", "connect_p99_ms", "connects", "connect_failures",
+                  "passive_opens", "connect_failure_rate")
+
+
+def test_schema_1_2_adds_the_connect_fields_compatibly(held):
+    """A 1.1 report (no connect fields) is still read; a 1.2 one with them filled is read; a
+    connect field out of its range is refused by both validators."""
+    old = report(seq=4, schema_version="1.1")
+    for k in CONNECT_FIELDS:
+        old.pop(k)
+    for p in old["pods"]:
+        for k in ("connects", "connect_failures", "passive_opens", "connect_p99_ms",
+                  "connect_failure_rate"):
+            p.pop(k, None)
+    old["availability"].pop("connect")
+    assert held.receive_report(body(old), {})[0] == 200
+    new = report(seq=5, connect_p50_ms=20.6, connect_p99_ms=41.0, connects=40,
+                 connect_failures=10, passive_opens=40, connect_failure_rate=0.2)
+    new["pods"][0].update(connects=40, connect_failures=10, passive_opens=0,
+                          connect_p99_ms=41.0, connect_failure_rate=0.2)
+    assert GOLDEN["schema_version"] == "1.2"
+    assert held.receive_report(body(new), {})[0] == 200
+    fast, ref = compile_schema(SCHEMA), jsonschema.Draft202012Validator(SCHEMA)
+    for bad in ({"connect_failure_rate": 1.5}, {"connects": -1}, {"connect_failures": 2.5},
+                {"connect_p99_ms": "slow"}):
+        r = report(seq=6, **bad)
+        assert not ref.is_valid(r), bad
+        with pytest.raises(SchemaError, match=next(iter(bad))):
+            fast(r)
+        assert refused(held, body(r))[0] == 400
+
+
 @pytest.mark.parametrize("mutate,needle", [
     (lambda r: r.pop("sequence"), "sequence"),
     (lambda r: r.update(sequence=0), "sequence"),

@@ -37,7 +37,15 @@ def test_every_committed_result_names_its_kernel_and_all_probes():
         assert doc["suite"] == path.stem
         assert doc["release"], path
         probes = doc["smoke_test"]["doc"]["probes"]
-        assert set(probes) == set(matrix.PROBES), (path, sorted(probes))
+        assert set(probes) <= set(matrix.PROBES), (path, sorted(probes))
+        # a probe registered after this kernel's last run is shown as "not run" in the table,
+        # never as passing, until `make test-kernels` runs it there
+        row = next(ln for ln in matrix.render_block([doc]).splitlines()
+                   if ln.startswith(f"| {doc['release']} "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for i, name in enumerate(matrix.PROBES, start=1):
+            if name not in probes:
+                assert cells[i] == "not run", (path, name, row)
 
 
 @pytest.mark.parametrize("probe, cell", [

@@ -12,7 +12,7 @@ import pytest
 from agent.config import Config
 from agent.model import Histogram, ProbeSnapshot, ProbeState, ProbeStateKind
 from agent.probes import registry
-from agent.probes import runqlat, skb_drop, tcp_retrans, tcp_rtt
+from agent.probes import connect, runqlat, skb_drop, tcp_retrans, tcp_rtt
 from agent.probes.spec import Context, PodView
 from agent.stats.histogram import SlotLayout
 
@@ -212,3 +212,76 @@ def test_runqlat_decode_is_one_node_histogram():
     lay = SlotLayout(5, 30)
     snap = runqlat.decode(lay, {10: (4, 40), 11: (0, 0)}, lost=2, taken_at=1.0)
     assert snap.hists[""].counts == {10: 4} and snap.hists[""].total == 40 and snap.lost == 2
+
+
+def test_connect_decode_keys_latency_by_address_and_counts_by_kind():
+    lay = SlotLayout(5, 21)
+    snap = connect.decode(lay, [("10.0.0.5", lay.slot_of(20_000), 3, 60_300),
+                                ("10.0.0.5", lay.slot_of(40_000), 1, 40_000),
+                                ("fd00::5", 9, 0, 0)],
+                          [("10.0.0.5", 2, 0), ("fd00::5", 1, 4), ("10.0.0.9", 0, 0)],
+                          lost=3, taken_at=1.0)
+    h = snap.hists["10.0.0.5"]
+    assert h.counts == {lay.slot_of(20_000): 3, lay.slot_of(40_000): 1} and h.total == 100_300
+    assert "fd00::5" not in snap.hists  # no sample: no histogram
+    assert snap.counts == {"failed/10.0.0.5": 2, "failed/fd00::5": 1, "passive/fd00::5": 4}
+    assert connect.split_counts(snap.counts) == {"failed": {"10.0.0.5": 2, "fd00::5": 1},
+                                                 "passive": {"fd00::5": 4}}
+    assert snap.lost == 3 and snap.unit == "us"
+
+
+def test_connect_summary_per_node_and_pod_with_failure_rates():
+    lay = SlotLayout(5, 21)
+    win = connect.decode(lay, [("10.0.0.5", lay.slot_of(20_000), 4, 80_000),
+                               ("192.168.1.10", lay.slot_of(500), 6, 3_000)],
+                         [("10.0.0.5", 2, 1), ("192.168.1.10", 1, 0), ("10.0.0.9", 0, 5)],
+                         lost=0, taken_at=10.0)
+    cum = connect.decode(lay, [("10.0.0.5", lay.slot_of(20_000), 16, 320_000)],
+                         [("10.0.0.5", 7, 1), ("10.0.0.9", 3, 9)], lost=0, taken_at=10.0)
+    f = connect.summarize(win, cum, _ctx())
+    n = f.node
+    assert (n["connects"], n["connect_failures"], n["passive_opens"]) == (10, 3, 6)
+    assert n["connect_failure_rate"] == pytest.approx(3 / 13)
+    assert n["connect_p50"] == pytest.approx(0.000_5, rel=0.05)  # 4 at 20 ms, 6 at 0.5 ms
+    assert n["connect_p99"] == pytest.approx(0.020, rel=0.05)
+    assert (n["connect_failures_total"], n["passive_opens_total"]) == (10, 10)
+    assert n["connect_hist_total"].count == 16
+    a, c = f.pods["uid-a"], f.pods["uid-c"]
+    assert (a["connects"], a["connect_failures"], a["passive_opens"]) == (4, 2, 1)
+    assert a["connect_failure_rate"] == pytest.approx(2 / 6)
+    assert a["connect_p99"] == pytest.approx(0.020, rel=0.05)
+    assert (a["connect_failures_total"], a["passive_opens_total"]) == (7, 1)
+    # a pod with passive opens only: no active open, so no latency and no failure rate
+    assert (c["connects"], c["passive_opens"], c["connect_p99"], c["connect_failure_rate"]) == (
+        0, 5, None, None)
+    assert "uid-h" not in f.pods  # the host's 192.168.1.10 traffic is not the host-network pod's
+
+
+def test_connect_summary_of_a_quiet_window_is_unknown_not_zero():
+    lay = SlotLayout(5, 21)
+    quiet = connect.decode(lay, [], [], lost=0, taken_at=10.0)
+    n = connect.summarize(quiet, quiet, _ctx()).node
+    assert n["connect_p50"] is None and n["connect_failure_rate"] is None
+    assert (n["connects"], n["connect_failures"], n["passive_opens"]) == (0, 0, 0)
+
+
+def test_connect_failure_rate_is_a_score_signal_of_weight_0_unless_configured():
+    from dataclasses import replace
+
+    from agent.config import ScoreConfig
+    from tests.unit import report_fixture as F
+
+    lay = SlotLayout(5, 21)
+    win = {**F.windows(), "connect": connect.decode(
+        lay, [("10.0.0.5", lay.slot_of(20_000), 30, 600_000)], [("10.0.0.5", 10, 0)], 0, 10.0)}
+    st = {**F.states(), "connect": ProbeState("connect", ProbeStateKind.UP)}
+    seed = F.report()
+    r = F.report(st=st, win=win)
+    assert r.figure("connect", "connect_failure_rate") == pytest.approx(0.25)
+    assert r.score_inputs["connect_failure_rate"] == pytest.approx(1.0)  # 0.25 on [0, 0.25]
+    assert r.score == seed.score  # weight 0: the seed's score is unchanged
+    weighted = replace(Config(), score=ScoreConfig(
+        weights={"rtt_p99": 0.3, "retrans_rate": 0.2, "drop_rate": 0.1, "runqlat_p95": 0.15,
+                 "cpu_util": 0.15, "connect_failure_rate": 0.1}))
+    registry.check_config(weighted)  # its default bounds make the weight valid
+    assert F.report(config=weighted, st=st, win=win).score < seed.score

@@ -11,7 +11,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from agent.config import Config
 from agent.export.prometheus import ExportOptions, ReportCollector
-from agent.model import PodSample, ProbeSnapshot
+from agent.model import PodSample, ProbeSnapshot, ProbeState, ProbeStateKind
+from agent.probes import connect
 from agent.report import build_report
 from tests.unit import report_fixture as F
 
@@ -21,8 +22,8 @@ SEED_MS_NAMES = {"ebpf_rtt_p50_milliseconds", "ebpf_rtt_p99_milliseconds",
 
 def full_report(n_pods: int, config: Config = Config()):
     """A node with ``n_pods`` pods, each with every per-pod figure the agent can export, and
-    every node-level series (all four probes, drop reasons, both histograms)."""
-    pods, rtt = [], {}
+    every node-level series (all five probes, drop reasons, the three histograms)."""
+    pods, rtt, conn, tally = [], {}, [], []
     for i in range(n_pods):
         addr = f"10.1.{i // 250}.{i % 250 + 1}"
         pods.append(PodSample(
@@ -33,13 +34,18 @@ def full_report(n_pods: int, config: Config = Config()):
             cpu_seconds_total=100.0 + i, cpu_throttled_seconds_total=1.5, net_rx_bytes_total=10**6,
             net_tx_bytes_total=2 * 10**6))
         rtt[addr] = F.hist(F.RTT, [(800 + i, 50), (200_000, 1)])
+        # connect latency over the whole exported range, failures and passive opens
+        conn += [(addr, F.RTT.slot_of(v), 1, v) for v in (40, 900 + i, 30_000, 3_000_000, 40_000_000)]
+        tally.append((addr, 1, 2))
     win = F.windows()
     win["tcp_rtt"] = ProbeSnapshot("tcp_rtt", "us", 0.0, hists=rtt)
     win["tcp_retrans"] = ProbeSnapshot("tcp_retrans", "", 0.0, counts={a: 2 for a in rtt})
+    win["connect"] = connect.decode(F.RTT, conn, tally, lost=0, taken_at=0.0)
     cum = dict(win)
+    states = {**F.states(), "connect": ProbeState("connect", ProbeStateKind.UP)}
     return build_report(
         config, node_name="node-1", sequence=3, timestamp="2026-12-01T00:00:00.000000Z",
-        window_seconds=10.0, states=F.states(), windows=win, cumulative=cum,
+        window_seconds=10.0, states=states, windows=win, cumulative=cum,
         tcp_segments=(10_000, 20), resources=F.RESOURCES, pods=pods,
         program_stats={"runqlat": {"tracepoint__sched__sched_switch": (5_000_000, 40_000)}})
 
@@ -68,7 +74,9 @@ def test_110_pods_with_every_signal_fit_the_budget_with_the_defaults():
         "ebpf_pod_rtt_p99_seconds", "ebpf_pod_cpu_seconds_total",
         "ebpf_pod_cpu_throttled_seconds_total", "ebpf_pod_network_receive_bytes_total",
         "ebpf_pod_network_transmit_bytes_total", "ebpf_pod_tcp_retransmit_skbs_total",
-        "ebpf_pod_cpu_throttled_ratio", "ebpf_pod_memory_pressure_ratio"}
+        "ebpf_pod_cpu_throttled_ratio", "ebpf_pod_memory_pressure_ratio",
+        "ebpf_pod_tcp_connect_p99_seconds", "ebpf_pod_tcp_connect_failures_total"}
+    assert any(ln.startswith("ebpf_tcp_connect_seconds_bucket") for ln in series(text))
     assert "ebpf_pods_not_exported 0.0" in text
     assert n <= 2500
 
