@@ -89,6 +89,9 @@ class Config:
     push_timeout: float = 5.0
     # /healthz is 200 this long after start without a report (BCC compiles every probe first)
     startup_grace: float = 120.0
+    # seconds one probe's compiling child may take (compile, load, attach, hand over); emulated
+    # kernels take 20-50 s, a real node 1-2 s. A child past it is killed and the probe is down
+    compile_timeout: float = 120.0
     extender_token_file: str = ""
     extender_ca_file: str = ""
     extender_tls_verify: bool = True
@@ -174,6 +177,7 @@ def validate(c: Config) -> None:
     _check_positive("push_interval", c.push_interval, 1, 86400)
     _check_positive("push_timeout", c.push_timeout, 0.1, 300)
     _check_positive("startup_grace", c.startup_grace, 1, 3600)
+    _check_positive("compile_timeout", c.compile_timeout, 1, 3600)
     if c.push_timeout >= c.push_interval:
         raise ConfigError("push_timeout", c.push_timeout,
                           f"less than push_interval ({c.push_interval:g}s)")
