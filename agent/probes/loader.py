@@ -112,8 +112,11 @@ def _run_child(name, text, cflags, maps, timeout, env, argv) -> Loaded:
         except OSError as e:
             raise CompileFailed(f"cannot start the compiling child: {e}") from e
         theirs.close()
-        ours.sendall(json.dumps({"name": name, "text": text, "cflags": list(cflags),
-                                 "maps": list(maps), "env": dict(env)}).encode())
+        try:
+            ours.sendall(json.dumps({"name": name, "text": text, "cflags": list(cflags),
+                                     "maps": list(maps), "env": dict(env)}).encode())
+        except OSError:
+            pass  # the child is gone already: its exit status says why, below
         deadline = t0 + timeout
         msg, fds = b"", []
         while True:
@@ -131,6 +134,9 @@ def _run_child(name, text, cflags, maps, timeout, env, argv) -> Loaded:
                 if proc.poll() is not None:
                     break  # died without a word; EOF would follow, no need to wait for it
                 continue
+            except (ConnectionResetError, BrokenPipeError):
+                msg, fds = b"", []
+                break
             if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
                 _close_all(fds)
                 raise CompileFailed("the compiling child's reply was truncated")
