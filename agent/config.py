@@ -121,6 +121,9 @@ class Config:
     tracefs_roots: tuple[Path, ...] = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
     btf_path: Path = Path("/sys/kernel/btf/vmlinux")
     modules_root: Path = Path("/lib/modules")
+    # a generic kernel header tree (include/, arch/*/include/) used when the host has none for
+    # the running kernel (the image sets it); empty: none
+    image_headers: str = ""
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
     bpf_dir: Path = field(default_factory=_default_bpf_dir)
