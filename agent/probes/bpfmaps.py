@@ -46,7 +46,8 @@ MAP_TYPES = {1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "
 PERCPU_TYPES = {5, 6, 10}
 ARRAY_TYPES = {2, 6}
 
-_ENOTSUPP = 524  # the kernel-internal "not supported" some map types return for batch ops
+_ENOTSUPP = 524
+BATCH_CHUNK = 1024  # entries per BPF_MAP_LOOKUP_BATCH call  # the kernel-internal "not supported" some map types return for batch ops
 
 
 class BpfError(OSError):
@@ -250,13 +251,15 @@ class BpfMap:
         return out
 
     # -- batches -------------------------------------------------------------------------
-    def _items_batch(self) -> list[tuple[bytes, bytes]]:
-        ks, vb, n = self.info.key_size, self.value_bytes, max(1, self.info.max_entries)
+    def _raw_batch(self, chunk: int = BATCH_CHUNK) -> tuple[bytes, bytes]:
+        """Batches of ``chunk`` entries (a big sparse hash costs what it holds, not its
+        max_entries); a hash bucket larger than the chunk (ENOSPC) retries with a bigger one."""
+        ks, vb, n = self.info.key_size, self.value_bytes, max(1, min(chunk, self.info.max_entries))
         keys = ctypes.create_string_buffer(ks * n)
         vals = ctypes.create_string_buffer(vb * n)
         token = max(ks, 8)
         in_b, out_b = None, ctypes.create_string_buffer(token)
-        out: list[tuple[bytes, bytes]] = []
+        kparts, vparts, total = [], [], 0
         while True:
             attr = _attr(56)
             struct.pack_into("=QQQQIIQQ", attr, 0, _addr(in_b), _addr(out_b), _addr(keys),
@@ -265,28 +268,40 @@ class BpfMap:
             try:
                 bpf(BPF_MAP_LOOKUP_BATCH, attr, f"batch lookup in {self.name}")
             except BpfError as e:
+                if e.errno == errno.ENOSPC and n < self.info.max_entries:
+                    return self._raw_batch(chunk * 8)
                 if e.errno != errno.ENOENT:
                     raise
                 done = True
             got = struct.unpack_from("=I", attr, 32)[0]
-            kr, vr = keys.raw, vals.raw
-            out += [(kr[i * ks:(i + 1) * ks], vr[i * vb:(i + 1) * vb]) for i in range(got)]
-            if done or got == 0 or len(out) >= n:
-                return out
+            if got:
+                kparts.append(ctypes.string_at(keys, got * ks))
+                vparts.append(ctypes.string_at(vals, got * vb))
+                total += got
+            if done or got == 0 or total >= self.info.max_entries:
+                return b"".join(kparts), b"".join(vparts)
             in_b = ctypes.create_string_buffer(out_b.raw, token)
 
-    def items(self) -> list[tuple[bytes, bytes]]:
-        """Every (key, raw value): one batched call where the kernel has it, else key by key."""
+    def raw(self) -> tuple[bytes, bytes]:
+        """Every key and every raw value, each concatenated (``key_size`` and ``value_bytes``
+        per entry): one batched call where the kernel has it, else key by key."""
         if self.batch_ok is not False:
             try:
-                out = self._items_batch()
+                out = self._raw_batch()
                 self.batch_ok = True
                 return out
             except BpfError as e:
                 if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP, errno.ENOSYS):
                     raise
                 self.batch_ok = False
-        return self._items_by_key()
+        pairs = self._items_by_key()
+        return b"".join(k for k, _ in pairs), b"".join(v for _, v in pairs)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, raw value)."""
+        kr, vr = self.raw()
+        ks, vb = self.info.key_size, self.value_bytes
+        return [(kr[i * ks:(i + 1) * ks], vr[i * vb:(i + 1) * vb]) for i in range(len(kr) // ks)]
 
     # -- mmap-ed arrays ------------------------------------------------------------------
     def words(self, first: int, count: int) -> array:
@@ -360,13 +375,26 @@ class Maps:
     def items(self, name: str, key_fmt: str | None = None,
               value_fmt: str | None = None) -> list[tuple]:
         m = self[name]
-        kst = struct.Struct("=" + key_fmt) if key_fmt else None
-        out = []
-        for k, v in m.items():
-            key = self._one(kst.unpack(k)) if kst else k
-            val = self._one(m.value(v, value_fmt)) if value_fmt else v
-            out.append((key, val))
-        return out
+        kr, vr = m.raw()
+        if not kr:
+            return []
+        ks, vb = m.info.key_size, m.value_bytes
+        n = len(kr) // ks
+        if key_fmt:
+            kst = struct.Struct("=" + key_fmt)
+            keys = list(kst.iter_unpack(kr))
+            if len(keys[0]) == 1:
+                keys = [k for (k,) in keys]
+        else:
+            keys = [kr[i * ks:(i + 1) * ks] for i in range(n)]
+        if not value_fmt:
+            vals = [vr[i * vb:(i + 1) * vb] for i in range(n)]
+        elif value_fmt.strip("Q") == "" and m.stride == 8 * len(value_fmt):
+            cols = _sum_u64_columns(vr, len(value_fmt), m.cpus)
+            vals = cols[0] if len(cols) == 1 else list(zip(*cols))
+        else:
+            vals = [self._one(m.value(vr[i * vb:(i + 1) * vb], value_fmt)) for i in range(n)]
+        return list(zip(keys, vals))
 
     def lookup(self, name: str, key: bytes, value_fmt: str | None = None):
         m = self[name]
@@ -406,6 +434,18 @@ def check_contract(maps: Mapping[str, BpfMap], contract: Mapping[str, tuple[int,
         if m is not None and m.info.max_entries != n:
             raise ValueError(f"map {name}: max_entries {m.info.max_entries} (kernel) != "
                              f"declared {n}")
+
+
+def _sum_u64_columns(raw: bytes, fields: int, cpus: int) -> list[list[int]]:
+    """Entries of ``cpus`` copies of ``fields`` u64 each -> one column per field, each entry's
+    field summed over the copies (column slices, no per-element Python loop)."""
+    a = memoryview(raw).cast("Q")
+    step = fields * cpus
+    cols = []
+    for f in range(fields):
+        per_cpu = [a[c * fields + f::step] for c in range(cpus)]
+        cols.append(per_cpu[0].tolist() if cpus == 1 else list(map(sum, zip(*per_cpu))))
+    return cols
 
 
 def sum_percpu(raw: bytes, stride: int, cpus: int, fmt: str = "Q") -> Sequence[int]:
