@@ -23,10 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-from bench.agent_cost import make_tree
+from bench.agent_cost import make_tree as _make_tree
 from tests.e2e.agent_proc import VENV_BIN, Agent
 
 DEFAULT_BEFORE = "/work/main/.venv/bin/ebpf-edge-agent"
+
+
+def make_tree(npods: int) -> Path:
+    """bench.agent_cost's fixture tree, with the root's cgroup.procs the agent checks for
+    (without it the agent reads no pods: "not a cgroup v2 hierarchy")."""
+    tree = _make_tree(npods)
+    (tree / "cgroup.procs").write_text("")
+    return tree
 
 
 def _status(pid: int) -> dict[str, int]:

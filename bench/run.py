@@ -6,7 +6,9 @@ Sections: 1. per-event kernel cost vs the empty-program floor (probe_cost), and 
 goes, before vs after the probe rework on the same events (where_time_goes); 2. workload tax
 (tax); 3. agent user-space cost (agent_cost, and report_cost for the pure report build);
 4. histogram accuracy (accuracy); 5. the scheduler extender (extender: ingestion, prioritize
-latency at 5,000 nodes, RSS; alone: python -m bench.extender). Ratios are taken within one run; absolute times drift on a
+latency at 5,000 nodes, RSS; alone: python -m bench.extender); 6. the lean agent (bench.lean:
+RSS/peak at 0 and 200 pods, start times, compile peak, map read cost, beside main's in-process
+agent when /work/main has one). Ratios are taken within one run; absolute times drift on a
 shared machine.
 """
 
@@ -21,6 +23,7 @@ import time
 
 from bench import accuracy, agent_cost, probe_cost, report_cost, tax, where_time_goes
 from bench import extender as extender_bench
+from bench import lean as lean_bench
 
 
 def main() -> None:
@@ -40,6 +43,7 @@ def main() -> None:
     res["report_cost"] = [report_cost.measure(n, 50 if q else 200) for n in (0, 200, 1000)]
     res["accuracy"] = accuracy.run(3 if q else 6)
     res["extender"] = extender_bench.run(q)
+    res["lean"] = lean_bench.run(lean_bench.DEFAULT_BEFORE)
     res["seconds"] = round(time.monotonic() - t0)
     print_table(res)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
@@ -93,6 +97,8 @@ def print_table(res: dict) -> None:
             for q in (50, 90, 99)) + f"   max {r['max_error_pct']}% (target 3%)")
     if "extender" in res:
         extender_bench.print_table(res["extender"])
+    if "lean" in res:
+        lean_bench.print_table(res["lean"])
 
 
 if __name__ == "__main__":
