@@ -95,8 +95,8 @@ def parse_cpu_list(text: str) -> int:
     top = -1
     try:
         for part in text.strip().split(","):
-            lo, _, hi = part.partition("-")
-            top = max(top, int(hi or lo))
+            lo, dash, hi = part.partition("-")
+            top = max(top, int(lo), int(hi) if dash else -1)
     except ValueError:
         raise ValueError(f"not a CPU list: {text!r}") from None
     if top < 0:
