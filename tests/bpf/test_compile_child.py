@@ -52,7 +52,7 @@ print(json.dumps({
 
 def _run_lean() -> dict:
     out = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True,
-                         timeout=180, cwd=ROOT)
+                         timeout=600, cwd=ROOT)  # emulated kernels: 20-50 s a compile
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -210,10 +210,12 @@ def generic_tree(tmp_path_factory):
     return dest
 
 
-def test_every_probe_up_without_host_headers_from_the_generic_tree(generic_tree, tmp_path):
+def test_probes_up_without_host_headers_from_the_generic_tree(generic_tree, tmp_path):
     """No /lib/modules/<release>/build at all (an empty modules root): the kernel detection
-    picks the generic tree, the child compiles against it, every probe comes up."""
-    config = Config(modules_root=tmp_path / "no-modules", image_headers=str(generic_tree))
+    picks the generic tree, the child compiles against it, the probes come up (two here, to
+    stay short on emulated kernels; the image test brings up all four this way)."""
+    config = Config(modules_root=tmp_path / "no-modules", image_headers=str(generic_tree),
+                    probes=("skb_drop", "runqlat"))
     kernel = registry.detect_kernel(config)
     assert kernel.headers.kind == "image" and kernel.headers.bcc_source == str(generic_tree)
     assert "the host has none" in kernel.headers.describe()
