@@ -8,7 +8,8 @@ goes, before vs after the probe rework on the same events (where_time_goes); 2. 
 4. histogram accuracy (accuracy); 5. the scheduler extender (extender: ingestion, prioritize
 latency at 5,000 nodes, RSS; alone: python -m bench.extender); 6. the lean agent (bench.lean:
 RSS/peak at 0 and 200 pods, start times, compile peak, map read cost, beside main's in-process
-agent when /work/main has one). Ratios are taken within one run; absolute times drift on a
+agent when /work/main has one); 7. peers on the same events (bench.peers: libbpf-tools', bcc's
+and bpftrace's runqlat and bpftrace one-liners, both attach orders). Ratios are taken within one run; absolute times drift on a
 shared machine.
 """
 
@@ -24,6 +25,7 @@ import time
 from bench import accuracy, agent_cost, probe_cost, report_cost, tax, where_time_goes
 from bench import extender as extender_bench
 from bench import lean as lean_bench
+from bench import peers as peers_bench
 
 
 def main() -> None:
@@ -44,6 +46,7 @@ def main() -> None:
     res["accuracy"] = accuracy.run(3 if q else 6)
     res["extender"] = extender_bench.run(q)
     res["lean"] = lean_bench.run(lean_bench.DEFAULT_BEFORE)
+    res["peers"] = peers_bench.run(5 if q else 10)
     res["seconds"] = round(time.monotonic() - t0)
     print_table(res)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
@@ -99,6 +102,8 @@ def print_table(res: dict) -> None:
         extender_bench.print_table(res["extender"])
     if "lean" in res:
         lean_bench.print_table(res["lean"])
+    if "peers" in res:
+        peers_bench.print_table(res["peers"])
 
 
 if __name__ == "__main__":
