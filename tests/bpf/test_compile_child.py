@@ -233,3 +233,49 @@ def test_probes_up_without_host_headers_from_the_generic_tree(generic_tree, tmp_
     bare = Config(modules_root=tmp_path / "no-modules", image_headers=str(tmp_path / "none"))
     k2 = registry.detect_kernel(bare)
     assert k2.headers.kind == "none"
+
+
+def test_compiling_child_dies_with_the_agent():
+    """SIGKILL of the agent while a child compiles: the child goes too (PR_SET_PDEATHSIG), so
+    nothing finishes loading behind a dead agent."""
+    agent = subprocess.Popen([sys.executable, "-c", (
+        "from agent.config import Config\n"
+        "from agent.probes import registry\n"
+        "c = Config(probes=('skb_drop',))\n"
+        "k = registry.detect_kernel(c)\n"
+        "registry.build(c, k)[0].start()\n"
+        "import time; time.sleep(600)\n")], cwd=ROOT)
+    child = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child is None:
+            for c in _children_of(agent.pid):
+                try:
+                    if "libbcc" in Path(f"/proc/{c}/maps").read_text():
+                        child = c
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        assert child is not None, "the compiling child was never seen"
+        agent.kill()
+        agent.wait(10)
+        deadline = time.monotonic() + 2  # far less than the rest of a compile takes
+        while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+            try:  # a zombie until reaped by init: gone once its state is no longer running
+                if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+            time.sleep(0.05)
+        alive = Path(f"/proc/{child}/stat").exists() and \
+            Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        assert not alive, "the compiling child outlived the agent"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        if child is not None:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
