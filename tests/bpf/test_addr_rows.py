@@ -142,9 +142,15 @@ def test_rtt_rows_and_spill_together_count_every_sample_of_every_address(kernel,
 
     sources = [f"127.0.0.{i}" for i in range(10, 26)]  # 16 senders, 4 rows: 12 must spill
     sources += ["::1"]  # and one IPv6 address
-    probe = cls(Config(fast_addresses=4, max_addresses=64), kernel)
-    probe.start()
+    # the reference first: every address the probe gives a row (other loopback traffic on a
+    # shared machine included) has been seen by the reference too
     ref = BPF(text=REFERENCE.encode())
+    probe = cls(Config(fast_addresses=4, max_addresses=64), kernel)
+    try:
+        probe.start()
+    except BaseException:
+        ref.cleanup()
+        raise
     try:
         _traffic_from(sources, 4 << 20)
         _wait_until_closed(sources)
@@ -164,8 +170,8 @@ def test_rtt_rows_and_spill_together_count_every_sample_of_every_address(kernel,
     assert set(sources) - set(by_row.values()) <= spilled
     assert snap.lost == 0
     # samples and their srtt sum, exact, address by address, for the test's own senders (other
-    # loopback traffic on the machine, e.g. 127.0.0.1, is counted too but the probe attached
-    # before the reference, so its windows differ)
+    # loopback traffic on the machine, e.g. 127.0.0.1, is counted too but the reference
+    # attached before the probe, so its windows differ)
     assert {a: got.get(a) for a in sources} == {a: want[a] for a in sources}
 
 
