@@ -89,9 +89,10 @@ class Config:
     push_timeout: float = 5.0
     # /healthz is 200 this long after start without a report (BCC compiles every probe first)
     startup_grace: float = 120.0
-    # seconds one probe's compiling child may take (compile, load, attach, hand over); emulated
-    # kernels take 20-50 s, a real node 1-2 s. A child past it is killed and the probe is down
-    compile_timeout: float = 120.0
+    # seconds one probe's compiling child may take (compile, load, attach, hand over): a real
+    # node 1-2 s, emulated kernels (TCG) 20-50 s on a quiet host and 85-120+ s on a loaded one
+    # (measured). A child past it is killed and the probe is down (retried with backoff)
+    compile_timeout: float = 300.0
     extender_token_file: str = ""
     extender_ca_file: str = ""
     extender_tls_verify: bool = True
