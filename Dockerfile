@@ -5,14 +5,28 @@
 #
 # At run time the container needs, from the host (manifests/base/daemonset.yaml does all this):
 #   the host's / read-only at /host      its /proc (every netns, every pod's processes), its
-#                                        cgroup tree, and the kernel headers: /lib/modules and
-#                                        /usr/src in the image are links into /host, so the
-#                                        headers' absolute build/source links resolve there
+#                                        cgroup tree, and the kernel headers when it has them:
+#                                        /lib/modules and /usr/src in the image are links into
+#                                        /host, so the headers' absolute links resolve there.
+#                                        A node without headers for its running kernel needs
+#                                        none: the image carries a generic tree (below)
 #   the host's /sys/kernel at /sys/kernel  tracefs (at tracing/ or debug/tracing/) and BTF
 #   CAP_BPF, CAP_PERFMON (kernel >= 5.8; CAP_SYS_ADMIN before), see the DaemonSet for the rest
 #   a writable /tmp (the root filesystem can be read-only)
-# A host without headers or tracefs still runs the container: the probes are reported down or
-# unsupported with the reason (nothing is created on the host).
+# A host without tracefs still runs the container: the probes are reported unsupported with the
+# reason (nothing is created on the host).
+
+# A generic kernel header tree for the image's architecture (Debian's current headers, merged
+# from the split -<flavour>/-common packages by scripts/generic-headers.sh). BCC compiles against
+# it when the host has no headers of the running kernel: our programs read only tracepoint
+# fields, whose layout BCC takes from the running kernel's format files.
+FROM docker.io/library/debian:bookworm-slim AS headers
+COPY scripts/generic-headers.sh /generic-headers.sh
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        "linux-headers-$(dpkg --print-architecture)" \
+ && /generic-headers.sh /kernel-headers
+
 FROM docker.io/library/debian:bookworm-slim
 
 # python3-bpfcc is BCC from Debian (libbcc + clang/LLVM it compiles with). The PyPI package
@@ -54,8 +68,10 @@ RUN rm -rf /usr/src /lib/modules \
 # Likewise the report schema the extender validates pushes against (ebpf-edge-extender, the
 # second program of this image: manifests/scheduler runs it with this image's venv).
 COPY bpf /opt/ebpf-edge-agent/bpf
+COPY --from=headers /kernel-headers /opt/ebpf-edge-agent/kernel-headers
 COPY schemas /opt/ebpf-edge-agent/schemas
 ENV EBPF_EDGE_AGENT_BPF_DIR=/opt/ebpf-edge-agent/bpf \
+    EBPF_EDGE_AGENT_IMAGE_HEADERS=/opt/ebpf-edge-agent/kernel-headers \
     EBPF_EDGE_EXTENDER_SCHEMA_FILE=/opt/ebpf-edge-agent/schemas/node-report.schema.json \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

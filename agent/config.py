@@ -89,6 +89,10 @@ class Config:
     push_timeout: float = 5.0
     # /healthz is 200 this long after start without a report (BCC compiles every probe first)
     startup_grace: float = 120.0
+    # seconds one probe's compiling child may take (compile, load, attach, hand over): a real
+    # node 1-2 s, emulated kernels (TCG) 20-50 s on a quiet host and 85-120+ s on a loaded one
+    # (measured). A child past it is killed and the probe is down (retried with backoff)
+    compile_timeout: float = 300.0
     extender_token_file: str = ""
     extender_ca_file: str = ""
     extender_tls_verify: bool = True
@@ -118,6 +122,9 @@ class Config:
     tracefs_roots: tuple[Path, ...] = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
     btf_path: Path = Path("/sys/kernel/btf/vmlinux")
     modules_root: Path = Path("/lib/modules")
+    # a generic kernel header tree (include/, arch/*/include/) used when the host has none for
+    # the running kernel (the image sets it); empty: none
+    image_headers: str = ""
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
     bpf_dir: Path = field(default_factory=_default_bpf_dir)
@@ -174,6 +181,7 @@ def validate(c: Config) -> None:
     _check_positive("push_interval", c.push_interval, 1, 86400)
     _check_positive("push_timeout", c.push_timeout, 0.1, 300)
     _check_positive("startup_grace", c.startup_grace, 1, 3600)
+    _check_positive("compile_timeout", c.compile_timeout, 1, 3600)
     if c.push_timeout >= c.push_interval:
         raise ConfigError("push_timeout", c.push_timeout,
                           f"less than push_interval ({c.push_interval:g}s)")

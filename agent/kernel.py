@@ -303,33 +303,57 @@ def resolve_drop_reasons(fmt: TracepointFormat | None, btf_enum: Mapping[str, in
 
 @dataclass(frozen=True)
 class HeaderInfo:
-    kind: str  # "matching", "foreign", "none"
+    """The kernel header tree BCC compiles against, and why that one.
+
+    kind: "matching" (the host's, of the running kernel), "image" (the generic tree the image
+    carries, used when the host has none for the running kernel), "foreign" (the host's, of
+    another kernel, and no image tree), "none". ``bcc_source``: the tree handed to BCC as
+    ``BCC_KERNEL_SOURCE`` ("" : BCC's default, /lib/modules/$(uname -r)/build)."""
+
+    kind: str
     path: str
     release: str  # UTS_RELEASE of the tree ("" if unknown)
+    bcc_source: str = ""
+    why: str = ""
 
     def describe(self) -> str:
         if self.kind == "none":
             return f"none ({self.path} missing)"
         if self.kind == "matching":
-            return f"{self.path} (matches the running kernel)"
-        return (f"{self.path} -> headers of {self.release or 'another kernel'} "
+            return f"{self.path} (the host's, matches the running kernel)"
+        what = (f"{self.path} -> headers of {self.release or 'another kernel'} "
                 "(safe: probes read tracepoint fields only)")
+        if self.kind == "image":
+            what = f"the image's generic tree {what}"
+        return what + (f"; {self.why}" if self.why else "")
 
 
-def detect_headers(modules_root: Path, release: str) -> HeaderInfo:
-    build = modules_root / release / "build"
-    if not (build / "include").is_dir():
-        return HeaderInfo("none", str(build), "")
-    uts = ""
+def _uts_release(tree: Path) -> str:
     try:
-        text = (build / "include" / "generated" / "utsrelease.h").read_text()
-        m = re.search(r'UTS_RELEASE\s+"([^"]+)"', text)
-        uts = m.group(1) if m else ""
+        text = (tree / "include" / "generated" / "utsrelease.h").read_text()
     except OSError:
-        pass
-    kind = "matching" if uts == release else "foreign"
-    return HeaderInfo(kind, str(build), uts)
+        return ""
+    m = re.search(r'UTS_RELEASE\s+"([^"]+)"', text)
+    return m.group(1) if m else ""
 
+
+def detect_headers(modules_root: Path, release: str, image_tree: Path | None = None) -> HeaderInfo:
+    """The host's headers when they match the running kernel, else the image's generic tree
+    (``image_tree``, when it has an include/), else the host's of another kernel, else none."""
+    build = modules_root / release / "build"
+    host = _uts_release(build) if (build / "include").is_dir() else None
+    if host is not None and host == release:
+        return HeaderInfo("matching", str(build), host)
+    host_state = (f"the host has none for {release} at {build}" if host is None
+                  else f"the host's at {build} are of {host or 'an unknown kernel'}, not {release}")
+    if image_tree is not None and (image_tree / "include").is_dir():
+        return HeaderInfo("image", str(image_tree), _uts_release(image_tree),
+                          bcc_source=str(image_tree), why=host_state)
+    if host is not None:
+        return HeaderInfo("foreign", str(build), host,
+                          why="no generic tree in the image" if image_tree is not None else "")
+    return HeaderInfo("none", str(build), "",
+                      why=f"no generic tree at {image_tree}" if image_tree is not None else "")
 
 
 _BPF_PROG_LOAD = 5
@@ -383,7 +407,7 @@ class KernelInfo:
 
 def detect(tracefs_candidates: Sequence[Path], btf_path: Path, modules_root: Path,
            proc_root: Path, check_permission: bool = True,
-           tracepoints: Sequence[str] = ()) -> KernelInfo:
+           tracepoints: Sequence[str] = (), image_headers: Path | None = None) -> KernelInfo:
     """Look at the running kernel. Never raises for a missing feature: it is recorded.
 
     ``tracepoints``: the "system:event" names whose formats to read (the probe registry's
@@ -422,7 +446,7 @@ def detect(tracefs_candidates: Sequence[Path], btf_path: Path, modules_root: Pat
         tracefs=tracefs,
         formats=formats,
         btf_path=btf,
-        headers=detect_headers(modules_root, release),
+        headers=detect_headers(modules_root, release, image_headers),
         cgroup2_mounts=tuple(mounts),
         bpf_permitted=permitted,
         bpf_permission_detail=detail,

@@ -25,6 +25,8 @@ from agent.server import Server
 
 log = logging.getLogger(__name__)
 
+FIRST_WINDOW = 1.0  # seconds: the first report's window (then sample_interval)
+
 
 class ReportBox:
     """The latest report and its payload, swapped atomically, and when it was published."""
@@ -180,8 +182,11 @@ class Agent:
             log.info("stopped in %.2fs (probes detached)", time.monotonic() - t0)
 
     def _loop(self, stop: threading.Event) -> None:
+        """The first report after a short first window (``FIRST_WINDOW``, its real length in
+        ``window_seconds``), so a starting node is scored within seconds; then one report every
+        ``sample_interval`` from there."""
         interval = self.config.sample_interval
-        next_tick = self.clock() + interval
+        next_tick = self.clock() + min(FIRST_WINDOW, interval)
         while not stop.wait(max(0.0, next_tick - self.clock())):
             self.tick()
             now = self.clock()

@@ -6,7 +6,10 @@ Sections: 1. per-event kernel cost vs the empty-program floor (probe_cost), and 
 goes, before vs after the probe rework on the same events (where_time_goes); 2. workload tax
 (tax); 3. agent user-space cost (agent_cost, and report_cost for the pure report build);
 4. histogram accuracy (accuracy); 5. the scheduler extender (extender: ingestion, prioritize
-latency at 5,000 nodes, RSS; alone: python -m bench.extender). Ratios are taken within one run; absolute times drift on a
+latency at 5,000 nodes, RSS; alone: python -m bench.extender); 6. the lean agent (bench.lean:
+RSS/peak at 0 and 200 pods, start times, compile peak, map read cost, beside main's in-process
+agent when /work/main has one); 7. peers on the same events (bench.peers: libbpf-tools', bcc's
+and bpftrace's runqlat and bpftrace one-liners, both attach orders). Ratios are taken within one run; absolute times drift on a
 shared machine.
 """
 
@@ -21,6 +24,8 @@ import time
 
 from bench import accuracy, agent_cost, probe_cost, report_cost, tax, where_time_goes
 from bench import extender as extender_bench
+from bench import lean as lean_bench
+from bench import peers as peers_bench
 
 
 def main() -> None:
@@ -40,6 +45,8 @@ def main() -> None:
     res["report_cost"] = [report_cost.measure(n, 50 if q else 200) for n in (0, 200, 1000)]
     res["accuracy"] = accuracy.run(3 if q else 6)
     res["extender"] = extender_bench.run(q)
+    res["lean"] = lean_bench.run(lean_bench.DEFAULT_BEFORE)
+    res["peers"] = peers_bench.run(5 if q else 10)
     res["seconds"] = round(time.monotonic() - t0)
     print_table(res)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
@@ -93,6 +100,10 @@ def print_table(res: dict) -> None:
             for q in (50, 90, 99)) + f"   max {r['max_error_pct']}% (target 3%)")
     if "extender" in res:
         extender_bench.print_table(res["extender"])
+    if "lean" in res:
+        lean_bench.print_table(res["lean"])
+    if "peers" in res:
+        peers_bench.print_table(res["peers"])
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ ARCH=$(dpkg --print-architecture)
 # iputils-ping is the experiment relay's witness (ping RTT across the relay, tests/experiment);
 # tmux is the pseudo-terminal the `top` test drives (send-keys, capture-pane).
 PKGS="python3-bpfcc python3-venv iproute2 iptables ca-certificates prometheus stress-ng iputils-ping tmux"
-# make bench only (DEV_SETUP_BENCH=1): iperf3 (workload) and bpftrace (the per-event tracer it
-# is compared with); kept out of the test provisioning, bpftrace pulls in libclang.
-[ "${DEV_SETUP_BENCH:-0}" = 1 ] && PKGS="$PKGS iperf3 bpftrace"
+# make bench only (DEV_SETUP_BENCH=1): iperf3 (workload), bpftrace (the per-event tracer it
+# is compared with, and a peer), bcc's and libbpf-tools' runqlat (peers, bench.peers); kept out
+# of the test provisioning, bpftrace pulls in libclang.
+[ "${DEV_SETUP_BENCH:-0}" = 1 ] && PKGS="$PKGS iperf3 bpftrace bpfcc-tools libbpf-tools"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

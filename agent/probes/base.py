@@ -1,26 +1,21 @@
-"""The probe protocol and the BCC-owning base class: compile, attach, check, read, close.
+"""The probe protocol and the base class: compile (in a child), hold, check, read, close.
 
-This is the only module that imports ``bcc`` (lazily, inside ``start``), so ``import agent``
-and the unit tests work on machines without BCC.
+Nothing here imports ``bcc``: a probe compiles in a short-lived child (``agent.probes.loader``
+runs ``compile_child.py``) and the agent reads the maps it handed over through its own
+``bpf(2)`` layer (``agent.probes.bpfmaps``), so clang/LLVM never stay in the agent.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import ipaddress
 import logging
-import mmap
-import os
 import re
-import tempfile
-import threading
-import time
-from array import array
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol
 
 from agent.model import Histogram, ProbeSnapshot
+from agent.probes.bpfmaps import BpfMap, Maps, check_contract
+from agent.probes.loader import CompileFailed, Loaded, compile_in_child
 from agent.probes.spec import MapSpec, ProbeSpec
 from agent.stats.histogram import SlotLayout
 
@@ -47,30 +42,6 @@ class Probe(Protocol):
     def read(self) -> ProbeSnapshot: ...
 
     def close(self) -> None: ...
-
-
-_STDERR_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Collect what the C++ side of BCC (clang) writes to fd 2 while compiling."""
-    out: list[str] = []
-    with _STDERR_LOCK, tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            out.append(tmp.read().decode("utf-8", "replace"))
-
-
-def _first_errors(text: str, limit: int = 3) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
-    return " | ".join(lines[:limit])
 
 
 _INLINED_INCLUDE = re.compile(r'^#include "([\w.-]+\.bpf\.h)"[ \t]*$', re.M)
@@ -122,16 +93,19 @@ class BccProbe:
     """One BPF source file, compiled and attached on its own, read as a cumulative snapshot.
 
     What the probe is (tracepoints, maps, defines, unit) comes from its ``spec``; a subclass
-    adds only what depends on the running kernel and how its maps are read."""
+    adds only what depends on the running kernel and how its maps are read (``snapshot``,
+    through :class:`agent.probes.bpfmaps.Maps`). BCC compiles it in a child process; the
+    agent holds the descriptors the child handed over."""
 
     spec: ClassVar[ProbeSpec]
 
     def __init__(self, config: Config, kernel: KernelInfo) -> None:
         self.config = config
         self.kernel = kernel
-        self._bpf = None
-        self._mapped: dict[str, MappedU64Array] = {}
+        self._loaded: Loaded | None = None
+        self._maps: Maps | None = None
         self.detail: dict[str, str] = {}
+        self.child_argv: list[str] | None = None  # tests: another compiling child
 
     @property
     def name(self) -> str:
@@ -146,7 +120,8 @@ class BccProbe:
         """The spec's defines; a probe adds the ones that depend on the running kernel."""
         return self.spec.defines(self.config)
 
-    def snapshot(self, bpf) -> ProbeSnapshot:  # pragma: no cover - abstract
+    def snapshot(self, maps: Maps) -> ProbeSnapshot:  # pragma: no cover - abstract
+        """The maps' raw contents, read through ``maps``, handed to the probe's pure decode."""
         raise NotImplementedError
 
     def expected_entries(self) -> Mapping[str, int]:
@@ -173,8 +148,16 @@ class BccProbe:
             flags.append(f"-D{k}={v}" if v is not None else f"-D{k}")
         return flags
 
+    def compile_env(self) -> dict[str, str]:
+        """Environment for the compiling child: the header tree BCC should use, when the
+        kernel detection chose one other than BCC's default (agent.kernel.HeaderInfo)."""
+        tree = getattr(self.kernel.headers, "bcc_source", None)
+        return {"BCC_KERNEL_SOURCE": str(tree)} if tree else {}
+
     def start(self) -> None:
-        if self._bpf is not None:
+        """Compile, load and attach in a child (``agent.probes.loader``), then hold what it
+        handed over and check the declared contract against the kernel's own values."""
+        if self._loaded is not None:
             return
         self.check_supported()
         if not self.kernel.bpf_permitted:
@@ -183,38 +166,34 @@ class BccProbe:
         if not src.is_file():
             raise ProbeError(f"BPF source {src} not found")
         try:
-            from bcc import BPF  # the distribution's python3-bpfcc, never PyPI's "bcc"
-        except ImportError as e:
-            raise ProbeError(f"cannot import bcc ({e}); install the distribution package "
-                             "python3-bpfcc and run make dev-setup") from e
-        t0 = time.monotonic()
-        bpf = None
-        with _captured_stderr() as captured:
-            try:
-                bpf = BPF(text=load_source(src).encode(), cflags=self.cflags())
-            except Exception as e:  # BCC raises bare Exception for compile and attach errors
-                err = e
-            else:
-                err = None
-        diag = captured[0] if captured else ""
-        if err is not None:
-            detail = _first_errors(diag)
+            loaded = compile_in_child(self.name, load_source(src), self.cflags(),
+                                      [m.name for m in self.spec.maps],
+                                      timeout=self.config.compile_timeout,
+                                      env=self.compile_env(), argv=self.child_argv)
+        except CompileFailed as e:
+            detail = str(e)
             if self.kernel.headers.kind == "none":
-                detail = (detail + " | " if detail else "") + (
-                    f"no kernel headers at {self.kernel.headers.path}")
-            raise ProbeError(f"{err}" + (f": {detail}" if detail else ""))
-        if diag.strip():
-            log.debug("probe %s: compiler output: %s", self.name, diag.strip(),
-                      extra={"probe": self.name})
+                detail += f" | no kernel headers at {self.kernel.headers.path}"
+            raise ProbeError(detail) from None
+        maps: dict[str, BpfMap] = {}
         try:
-            self._check_contract(bpf)
-        except ProbeError:
-            bpf.cleanup()
-            raise
-        self._bpf = bpf
-        self.detail["load_seconds"] = f"{time.monotonic() - t0:.2f}"
-        log.info("probe %s: loaded and attached to %s in %.2fs", self.name,
-                 ", ".join(self.attached()), time.monotonic() - t0, extra={"probe": self.name})
+            for n in list(loaded.maps):
+                maps[n] = BpfMap(loaded.maps.pop(n), n)  # the BpfMap owns the descriptor now
+            check_contract(maps, self.spec.contract(), self.expected_entries(), self.spec.source)
+        except (ValueError, OSError) as e:
+            Maps(maps).close()
+            loaded.close()
+            raise ProbeError(str(e)) from None
+        self._loaded, self._maps = loaded, Maps(maps)
+        if loaded.diag.strip():
+            log.debug("probe %s: compiler output: %s", self.name, loaded.diag.strip(),
+                      extra={"probe": self.name})
+        self.detail["load_seconds"] = f"{loaded.seconds:.2f}"
+        if loaded.child_rss_hwm_kb:
+            self.detail["compile_peak_rss_mib"] = f"{loaded.child_rss_hwm_kb / 1024:.0f}"
+        log.info("probe %s: loaded and attached to %s in %.2fs (compiled in child %d)",
+                 self.name, ", ".join(loaded.events), loaded.seconds, loaded.child_pid,
+                 extra={"probe": self.name})
 
     def kernel_notes(self) -> list[tuple[str, str]]:
         """Extra (feature, finding) lines for check-kernel about what this probe uses."""
@@ -224,71 +203,52 @@ class BccProbe:
         return list(self.spec.tracepoints) + [tp for tp in self.spec.optional_tracepoints
                                               if self.kernel.tracepoint(tp) is not None]
 
-    def _check_contract(self, bpf) -> None:
-        for mapname, (ksize, vsize) in self.spec.contract().items():
-            try:
-                table = bpf[mapname.encode()]
-            except KeyError:
-                raise ProbeError(f"map {mapname} missing from {self.spec.source}") from None
-            # per-CPU maps: BCC keeps the single-CPU leaf type as sLeaf
-            leaf = getattr(table, "sLeaf", table.Leaf)
-            got = (ctypes.sizeof(table.Key), ctypes.sizeof(leaf))
-            if got != (ksize, vsize):
-                raise ProbeError(f"map {mapname}: key/leaf size {got} != expected {(ksize, vsize)}")
-        for mapname, entries in self.expected_entries().items():
-            got = bpf[mapname.encode()].max_entries
-            if got != entries:
-                raise ProbeError(f"map {mapname}: max_entries {got} != expected {entries}")
-
     def read(self) -> ProbeSnapshot:
-        if self._bpf is None:
+        if self._loaded is None or self._maps is None:
             raise ProbeError(f"probe {self.name} is not started")
-        return self.snapshot(self._bpf)
+        return self.snapshot(self._maps)
 
     def close(self) -> None:
-        mapped, self._mapped = self._mapped, {}
-        for m in mapped.values():
-            m.close()
-        bpf, self._bpf = self._bpf, None
-        if bpf is not None:
-            bpf.cleanup()
+        """Close every descriptor: the programs detach and the kernel frees them."""
+        loaded, self._loaded = self._loaded, None
+        maps, self._maps = self._maps, None
+        if loaded is not None:
+            loaded.close()
+        if maps is not None:
+            maps.close()
 
     @property
     def started(self) -> bool:
-        return self._bpf is not None
+        return self._loaded is not None
+
+    @property
+    def maps(self) -> Maps | None:
+        """The loaded probe's maps (None until started)."""
+        return self._maps
+
+    def programs(self) -> dict[str, int]:
+        """Program name -> descriptor of the loaded programs (empty until started)."""
+        return dict(self._loaded.progs) if self._loaded is not None else {}
+
+    def descriptors(self) -> list[int]:
+        """Every descriptor the probe holds: tracepoint events, programs, maps."""
+        if self._loaded is None or self._maps is None:
+            return []
+        return self._loaded.fds() + [self._maps[n].fd for n in self._maps.names()]
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """program name -> (run_time_ns, run_cnt); empty unless kernel.bpf_stats_enabled=1."""
-        if self._bpf is None:
-            return {}
         out = {}
-        for fname, fn in self._bpf.funcs.items():
-            st = read_prog_stats(fn.fd, str(self.config.proc_root))
+        for name, fd in self.programs().items():
+            st = read_prog_stats(fd, str(self.config.proc_root))
             if st is not None:
-                name = fname.decode() if isinstance(fname, bytes) else fname
                 out[name] = st
         return out
 
     # -- reading helpers -------------------------------------------------------------------
-    @staticmethod
-    def percpu_sum(values, field: str | None = None) -> int:
-        if field is None:
-            return sum(int(v) if not hasattr(v, "value") else int(v.value) for v in values)
-        return sum(int(getattr(v, field)) for v in values)
-
-    def mapped(self, bpf, mapname: str) -> MappedU64Array:
-        """An mmap-able array map of the loaded program, mapped once and unmapped on close."""
-        m = self._mapped.get(mapname)
-        if m is None:
-            m = self._mapped[mapname] = MappedU64Array(bpf[mapname.encode()])
-        return m
-
-    def lost(self, bpf) -> int:
+    def lost(self, maps: Maps) -> int:
         """Events the kernel could not record (the spec's lost map, bpf/lost.bpf.h)."""
-        if self.spec.lost_map is None:
-            return 0
-        table = bpf[self.spec.lost_map.encode()]
-        return sum(int(v) for v in table[ctypes.c_int(0)])
+        return maps.lost(self.spec.lost_map)
 
 
 ADDR_SPILL = 0xFFFFFFFF  # addr_row_of value of an address counted in the probe's hash instead
@@ -305,34 +265,10 @@ def address_row_params(config) -> dict[str, int]:
     return {"ADDR_SPILL_ADDRS": config.max_addresses}
 
 
-def address_rows(bpf) -> dict[int, str]:
+def address_rows(maps: Maps) -> dict[int, str]:
     """row -> local address, for the addresses that got a row (bpf/addr_rows.bpf.h)."""
-    return {int(v.value): render_addr(bytes(k.addr)) for k, v in bpf[b"addr_row_of"].items()
-            if int(v.value) != ADDR_SPILL}
-
-
-class MappedU64Array:
-    """A BPF array of u64 created with BPF_F_MMAPABLE, read straight from shared memory.
-
-    Reading a run of entries costs one memory copy instead of one bpf() syscall per element."""
-
-    def __init__(self, table) -> None:
-        entries, size = int(table.max_entries), ctypes.sizeof(table.Leaf)
-        if size != 8:
-            raise ProbeError(f"mmap-ed map leaf size {size} is not a u64")
-        try:
-            self._mm = mmap.mmap(table.map_fd, entries * 8, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        except (OSError, ValueError) as e:
-            raise ProbeError(f"cannot mmap BPF array of {entries} u64: {e}") from e
-
-    def words(self, first: int, count: int) -> array:
-        """``count`` consecutive entries starting at ``first``."""
-        out = array("Q")
-        out.frombytes(self._mm[first * 8:(first + count) * 8])
-        return out
-
-    def close(self) -> None:
-        self._mm.close()
+    return {row: render_addr(addr) for addr, row in maps.items("addr_row_of", "16s", "I")
+            if row != ADDR_SPILL}
 
 
 def hist_from_slots(layout: SlotLayout, slots: Mapping[int, tuple[int, int]]) -> Histogram:

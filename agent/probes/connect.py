@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 from agent import loads
 from agent.model import Histogram, ProbeSnapshot, merge_histograms
 from agent.probes.base import BccProbe, render_addr
+from agent.probes.bpfmaps import Maps
 from agent.probes.spec import (Context, Field, Figures, HistSpec, MapSpec, ProbeSpec, Series,
                                Signal, Smoke, by_owner, merged, quantile_seconds)
 from agent.stats.histogram import SlotLayout
@@ -182,9 +183,9 @@ def decode(layout: SlotLayout, lat: Iterable[tuple[str, int, int, int]],
 class ConnectProbe(BccProbe):
     spec = SPEC
 
-    def snapshot(self, bpf) -> ProbeSnapshot:
-        lat = [(render_addr(bytes(k.addr)), int(k.slot), int(v.count), int(v.sum))
-               for k, v in bpf[b"connect_lat"].items()]
-        tallies = [(render_addr(bytes(k.addr)), int(v.failed), int(v.passive))
-                   for k, v in bpf[b"connect_counts"].items()]
-        return decode(self.layout, lat, tallies, self.lost(bpf), time.monotonic())
+    def snapshot(self, maps: Maps) -> ProbeSnapshot:
+        lat = [(render_addr(a), slot, n, total)
+               for (a, slot), (n, total) in maps.items("connect_lat", "16sI", "QQ")]
+        tallies = [(render_addr(a), failed, passive)
+                   for a, (failed, passive) in maps.items("connect_counts", "16s", "QQ")]
+        return decode(self.layout, lat, tallies, self.lost(maps), time.monotonic())

@@ -107,10 +107,13 @@ def signal_bounds(config: "Config", name: str) -> tuple[float, float] | None:
 def detect_kernel(config: "Config", check_permission: bool = True) -> "KernelInfo":
     """The one place the running kernel is looked at: its tracefs, BTF, headers, permission,
     and the formats of every tracepoint a registered probe needs or can use."""
+    from pathlib import Path
+
     from agent.kernel import detect
 
     return detect(config.tracefs_roots, config.btf_path, config.modules_root, config.proc_root,
-                  check_permission=check_permission, tracepoints=tracepoints())
+                  check_permission=check_permission, tracepoints=tracepoints(),
+                  image_headers=Path(config.image_headers) if config.image_headers else None)
 
 
 def build(config: "Config", kernel: "KernelInfo") -> list["BccProbe"]:

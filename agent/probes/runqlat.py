@@ -10,6 +10,7 @@ from agent import loads
 from agent.kernel import parse_switch_state_mask
 from agent.model import ProbeSnapshot
 from agent.probes.base import BccProbe, hist_from_slots
+from agent.probes.bpfmaps import Maps
 from agent.probes.spec import (Context, Field, Figures, HistSpec, MapSpec, ProbeSpec, Series,
                                Signal, Smoke, merged, quantile_seconds)
 from agent.stats.histogram import SlotLayout
@@ -95,10 +96,6 @@ class RunqlatProbe(BccProbe):
             d["HAVE_WAKEUP_NEW"] = 1
         return d
 
-    def snapshot(self, bpf) -> ProbeSnapshot:
-        slots = {}
-        for k, per_cpu in bpf[b"runq_latency_hist"].items():
-            c = self.percpu_sum(per_cpu, "count")
-            if c:
-                slots[int(k.value)] = (c, self.percpu_sum(per_cpu, "sum"))
-        return decode(self.layout, slots, self.lost(bpf), time.monotonic())
+    def snapshot(self, maps: Maps) -> ProbeSnapshot:
+        slots = {slot: (c, t) for slot, (c, t) in maps.items("runq_latency_hist", "I", "QQ") if c}
+        return decode(self.layout, slots, self.lost(maps), time.monotonic())

@@ -9,6 +9,7 @@ from agent import loads
 from agent.kernel import DropReasons, read_btf_enum, resolve_drop_reasons
 from agent.model import ProbeSnapshot
 from agent.probes.base import BccProbe
+from agent.probes.bpfmaps import Maps
 from agent.probes.spec import Context, Field, Figures, MapSpec, ProbeSpec, Series, Signal, Smoke
 from agent.stats.scoring import weighted_drop_rate
 
@@ -131,6 +132,6 @@ class SkbDropProbe(BccProbe):
         reasons = self.reasons
         return reason_namer(reasons.name, reasons.is_drop)(slot)
 
-    def snapshot(self, bpf) -> ProbeSnapshot:
-        per_slot = {int(k.value): self.percpu_sum(v) for k, v in bpf[b"drops_by_reason"].items()}
+    def snapshot(self, maps: Maps) -> ProbeSnapshot:
+        per_slot = dict(maps.items("drops_by_reason", "I", "Q"))
         return decode(per_slot, self.reason_name, time.monotonic())

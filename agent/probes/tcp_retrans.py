@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import time
 from typing import Iterable, Mapping
 
 from agent import loads
 from agent.model import ProbeSnapshot
 from agent.probes.base import ADDR_ROW_MAPS, BccProbe, address_row_params, address_rows, render_addr
+from agent.probes.bpfmaps import Maps
 from agent.probes.spec import (Context, Field, Figures, MapSpec, ProbeSpec, Series, Smoke,
                                by_owner)
 
@@ -74,10 +74,9 @@ def decode(row_addrs: Mapping[int, str], row_counts: Mapping[int, int],
 class TcpRetransProbe(BccProbe):
     spec = SPEC
 
-    def snapshot(self, bpf) -> ProbeSnapshot:
-        rows = bpf[b"retrans_rows"]
-        row_addrs = address_rows(bpf)
-        row_counts = {r: self.percpu_sum(rows[ctypes.c_int(r)]) for r in row_addrs}
-        spilled = [(render_addr(bytes(k.addr)), int(v.value))
-                   for k, v in bpf[b"retrans_by_addr"].items()]
-        return decode(row_addrs, row_counts, spilled, self.lost(bpf), time.monotonic())
+    def snapshot(self, maps: Maps) -> ProbeSnapshot:
+        row_addrs = address_rows(maps)
+        rows = dict(maps.items("retrans_rows", "I", "Q")) if row_addrs else {}
+        row_counts = {r: rows.get(r, 0) for r in row_addrs}
+        spilled = [(render_addr(a), n) for a, n in maps.items("retrans_by_addr", "16s", "Q")]
+        return decode(row_addrs, row_counts, spilled, self.lost(maps), time.monotonic())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import time
 from array import array
@@ -11,7 +10,9 @@ from typing import Iterable, Mapping
 
 from agent import loads
 from agent.model import Histogram, ProbeSnapshot
-from agent.probes.base import ADDR_ROW_MAPS, BccProbe, address_row_params, ProbeUnsupported, address_rows, render_addr
+from agent.probes.base import (ADDR_ROW_MAPS, BccProbe, ProbeUnsupported, address_row_params,
+                               address_rows, render_addr)
+from agent.probes.bpfmaps import Maps
 from agent.probes.spec import (Context, Field, Figures, HistSpec, MapSpec, ProbeSpec, Series,
                                Signal, Smoke, by_owner, count_above_seconds, merged,
                                quantile_seconds)
@@ -160,12 +161,13 @@ class TcpRttProbe(BccProbe):
         aligned = saddr.offset % 8 == 0 and sys.byteorder == "little"
         return {**super().defines(), **({"SADDR_ALIGNED": 1} if aligned else {})}
 
-    def snapshot(self, bpf) -> ProbeSnapshot:
+    def snapshot(self, maps: Maps) -> ProbeSnapshot:
         layout = self.layout
-        rows, row_sum = self.mapped(bpf, "rtt_rows"), bpf[b"rtt_row_sum"]
-        row_addrs = address_rows(bpf)
-        words: dict[int, array] = {r: rows.words(r * layout.slots, layout.slots) for r in row_addrs}
-        sums = {r: self.percpu_sum(row_sum[ctypes.c_int(r)]) for r in row_addrs}
-        spilled = [(render_addr(bytes(k.addr)), int(k.slot), int(v.count), int(v.sum))
-                   for k, v in bpf[b"rtt_hist"].items()]
-        return decode(layout, row_addrs, words, sums, spilled, self.lost(bpf), time.monotonic())
+        row_addrs = address_rows(maps)
+        words: dict[int, array] = {r: maps.words("rtt_rows", r * layout.slots, layout.slots)
+                                   for r in row_addrs}
+        row_sum = dict(maps.items("rtt_row_sum", "I", "Q")) if row_addrs else {}
+        sums = {r: row_sum.get(r, 0) for r in row_addrs}
+        spilled = [(render_addr(a), slot, n, total)
+                   for (a, slot), (n, total) in maps.items("rtt_hist", "16sI", "QQ")]
+        return decode(layout, row_addrs, words, sums, spilled, self.lost(maps), time.monotonic())

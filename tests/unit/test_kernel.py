@@ -200,3 +200,29 @@ def test_a_tracefs_this_process_may_not_enter_counts_as_absent(tmp_path, monkeyp
     monkeypatch.setattr(Path, "is_dir", is_dir)
     assert find_tracefs([closed, usable]) == usable
     assert find_tracefs([closed]) is None
+
+
+def test_detect_headers_prefers_the_hosts_matching_tree_then_the_images(tmp_path):
+    image = tmp_path / "image-tree"
+    (image / "include" / "generated").mkdir(parents=True)
+    (image / "include" / "generated" / "utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-57-amd64"\n')
+    mods = tmp_path / "modules"
+    # no host headers at all: the image's tree, handed to BCC, and check-kernel says why
+    h = K.detect_headers(mods, "6.18.0", image)
+    assert (h.kind, h.path, h.bcc_source, h.release) == ("image", str(image), str(image), "6.1.0-57-amd64")
+    assert "the host has none for 6.18.0" in h.describe() and "image's generic tree" in h.describe()
+    # the host's headers of another kernel: still the image's tree, with the host's release named
+    build = mods / "6.18.0" / "build"
+    (build / "include" / "generated").mkdir(parents=True)
+    (build / "include" / "generated" / "utsrelease.h").write_text('#define UTS_RELEASE "6.12.1"\n')
+    h = K.detect_headers(mods, "6.18.0", image)
+    assert h.kind == "image" and "are of 6.12.1, not 6.18.0" in h.why
+    # the host's matching headers win, and BCC keeps its default
+    (build / "include" / "generated" / "utsrelease.h").write_text('#define UTS_RELEASE "6.18.0"\n')
+    h = K.detect_headers(mods, "6.18.0", image)
+    assert (h.kind, h.path, h.bcc_source) == ("matching", str(build), "")
+    # an image path without a tree is not used
+    (build / "include" / "generated" / "utsrelease.h").write_text('#define UTS_RELEASE "6.12.1"\n')
+    h = K.detect_headers(mods, "6.18.0", tmp_path / "missing")
+    assert h.kind == "foreign" and h.why == "no generic tree in the image"
+    assert K.detect_headers(tmp_path / "none", "6.18.0", tmp_path / "missing").kind == "none"

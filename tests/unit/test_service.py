@@ -165,3 +165,33 @@ class _NoPodsWithMetrics:
 
     def metrics(self):
         return iter(())
+
+
+def test_first_report_after_a_short_window_then_every_sample_interval():
+    """The first report comes FIRST_WINDOW after sampling starts (its real length reported),
+    the next ones every sample_interval from there (a fake clock, advanced by the waits)."""
+    from agent.service import FIRST_WINDOW
+
+    now = [100.0]
+    clock = lambda: now[0]  # noqa: E731
+    server = Server("127.0.0.1", 0)
+    cfg = Config(listen=f"127.0.0.1:{server.port}", sample_interval=10.0, kubernetes="off")
+    agent = Agent(cfg, None, [Fake("skb_drop")], _NoPodsWithMetrics(), server, clock=clock)
+    agent.probes.start_all()
+    agent.sampler.start()
+    reports = []
+
+    class Stop:
+        def wait(self, t):
+            now[0] += t
+            return len(reports) >= 3
+
+    real_tick = agent.tick
+    agent.tick = lambda: (real_tick(), reports.append((now[0], agent.box.report())))
+    agent._loop(Stop())
+    server.httpd.server_close()  # never started: nothing to shut down
+    times = [t for t, _ in reports]
+    assert times == [100.0 + FIRST_WINDOW, 110.0 + FIRST_WINDOW, 120.0 + FIRST_WINDOW]
+    assert FIRST_WINDOW < cfg.sample_interval
+    windows = [r.window_seconds for _, r in reports]
+    assert windows == pytest.approx([FIRST_WINDOW, 10.0, 10.0])
