@@ -67,7 +67,10 @@ def load_profile(name: str) -> Profile:
 
 
 def profile_names() -> list[str]:
-    return ["default"] + sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    """``default``, the bounds-only profile, the weight profile, then any other file."""
+    files = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    first = [n for n in ("tuned-bounds", "tuned") if n in files]
+    return ["default"] + first + [n for n in files if n not in first]
 
 
 def inputs_of(report: Mapping, profile: Profile) -> dict[str, float | None]:
