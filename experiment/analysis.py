@@ -103,9 +103,13 @@ def parse_requests(lines: Iterable[str]) -> list[Request]:
     return out
 
 
+def _due(r: Request) -> float:
+    return r.due
+
+
 def requests_between(reqs: Sequence[Request], start: float, end: float) -> Sequence[Request]:
-    dues = [r.due for r in reqs]  # callers with many windows pass a pre-sorted list; cheap enough
-    return reqs[bisect.bisect_left(dues, start):bisect.bisect_left(dues, end)]
+    """The requests due in [start, end) of a list sorted by due time (parse_requests sorts)."""
+    return reqs[bisect.bisect_left(reqs, start, key=_due):bisect.bisect_left(reqs, end, key=_due)]
 
 
 def client_stats(reqs: Sequence[Request], seconds: float) -> dict:

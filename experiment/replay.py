@@ -178,7 +178,7 @@ def place(nodes: list[Node], pods: int, scorer: NodeScorer | None, weight: float
         n.pods = 0
     while len(placed) < pods:
         now = t0 + step * window_seconds
-        if scorer is not None:
+        if scorer is not None and getattr(scorer, "wants_reports", True):
             for n in (n for n in nodes if n.pushes_at(step)):
                 scorer.receive(replayed_body(n.report_at(step), n.name, step + 1, now),
                                {"Content-Type": "application/json"}, now)
@@ -227,6 +227,7 @@ class OracleScorer:
     bounds what a score can gain in a mix (the healthy capacity is all there is to give)."""
 
     name = "oracle (measured client p99 per scenario)"
+    wants_reports = False  # place() need not build the pushes it would ignore
     WEIGHT = 1000.0  # dominates LeastAllocated: fill the best-measured nodes first
 
     def __init__(self, p99_by_node: Mapping[str, float]) -> None:

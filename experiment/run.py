@@ -258,9 +258,10 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
-def analyse(a: argparse.Namespace, raw: Path, run: int | str) -> dict:
+def analyse(a: argparse.Namespace, raw: Path, run: int | str, weights: list[float] | None = None) -> dict:
     """One recorded run: the window join (+ machine load), the summary under every score
-    profile, and the placement replay through the real extender for every profile x weight."""
+    profile, and the placement replay through the real extender for every profile x weight
+    (``weights``: default the run's ``--extender-weights``)."""
     reports, reqs, phases, pings = load_raw(raw)
     rows = analysis.join_windows(reports, reqs, phases, pings, run=run)
     analysis.attach_load(rows, load_samples(raw))
@@ -279,7 +280,7 @@ def analyse(a: argparse.Namespace, raw: Path, run: int | str) -> dict:
     summary["rescore_max_abs_diff_default"] = round(worst, 4)
     summary["replays"] = []
     for name, prof in a.profile_objs.items():
-        for w in a.weights:
+        for w in weights or a.weights:
             print(f"[run {run}] replay: profile {name}, weight {w:g}", flush=True)
             rep = replay.replay_run(reports, rows, seed=a.seed + (run if isinstance(run, int) else 0),
                                     requests=reqs, weight=w, trials=a.trials, profile=name,
@@ -322,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{pr['summary']['rho_score_p99']}  ({pr['summary']['elapsed_seconds']:.0f} s)", flush=True)
         tuning_run = None
         if a.tuning_dir and Path(a.tuning_dir).is_dir():
-            tuning_run = analyse(a, Path(a.tuning_dir), "tuning")
+            # the manifests' weight only (the fresh runs carry the other weights): keeps one
+            # make experiment under 15 minutes on a loaded machine
+            tuning_run = analyse(a, Path(a.tuning_dir), "tuning", weights=[a.weights[0]])
         first = per_run[0]
         write_csv([r for pr in per_run for r in pr["rows"]], out / "windows.csv")
         for name in ("phases.json", "relay.json"):
