@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="score profiles to judge (offline re-scoring of each report; default "
                     "first, then config/score-profiles/*.yaml)")
     ap.add_argument("--trials", type=int, default=20, help="replay trials per scenario mix")
+    ap.add_argument("--profile-weights", choices=("manifest", "all"), default="manifest",
+                    help="replay the non-default profiles at the manifests' weight only (default) "
+                    "or at every --extender-weights (slower: ~20 s per replay on a loaded machine)")
     ap.add_argument("--tuning-dir", default=str(Path(__file__).resolve().parent / "results" / "tuning"),
                     help="the recorded run the tuned profiles were tuned on, analysed beside the "
                     "fresh runs ('' to skip)")
@@ -280,7 +283,10 @@ def analyse(a: argparse.Namespace, raw: Path, run: int | str, weights: list[floa
     summary["rescore_max_abs_diff_default"] = round(worst, 4)
     summary["replays"] = []
     for name, prof in a.profile_objs.items():
-        for w in weights or a.weights:
+        ws = weights or a.weights
+        if name != "default" and a.profile_weights == "manifest":
+            ws = ws[:1]
+        for w in ws:
             print(f"[run {run}] replay: profile {name}, weight {w:g}", flush=True)
             rep = replay.replay_run(reports, rows, seed=a.seed + (run if isinstance(run, int) else 0),
                                     requests=reqs, weight=w, trials=a.trials, profile=name,
