@@ -102,6 +102,8 @@ def markdown(doc: dict) -> str:
            "recomputed offline from each report's own raw signals (config/score-profiles/).", "",
            "Scenarios:", ""]
     out += [f"- **{k}**: {v}" for k, v in doc["scenarios"].items()]
+    if doc.get("produced_by"):
+        out += ["", f"Produced by: {doc['produced_by']}."]
     if tuning:
         out += ["", f"The **tuning run** ({tuning.get('source', '')}) is the run the tuned profiles were "
                 "tuned on (recorded before they existed); the fresh runs played no part in the tuning."]

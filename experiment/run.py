@@ -261,6 +261,12 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
+def _repo_relative(path: str) -> str:
+    p = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
 def analyse(a: argparse.Namespace, raw: Path, run: int | str, weights: list[float] | None = None) -> dict:
     """One recorded run: the window join (+ machine load), the summary under every score
     profile, and the placement replay through the real extender for every profile x weight
@@ -347,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                "manifest_weight": a.manifest_weight,
                "elapsed_seconds": round(time.time() - t_start, 1),
                "runs": [{"run": pr["run"], **pr["summary"]} for pr in per_run],
-               "tuning_run": ({"run": "tuning", "source": str(a.tuning_dir), **tuning_run["summary"]}
+               "tuning_run": ({"run": "tuning", "source": _repo_relative(a.tuning_dir), **tuning_run["summary"]}
                               if tuning_run else None)}
         (out / "summary.json").write_text(json.dumps(doc, indent=1))
         from experiment.report import markdown
