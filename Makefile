@@ -34,7 +34,8 @@ bench:
 	$(PY) -m bench.run --json bench/results/latest.json
 
 # seed 001's experiment: scenarios S1-S5 against the real agent, then the placement replay
-# (one run ~10 min; RUNS=N for more; EXPERIMENT_ARGS e.g. --scenario-seconds 20). docs/experiment.md
+# through the real extender (one run ~12 min; RUNS=N for more; EXPERIMENT_ARGS e.g.
+# --scenario-seconds 20). docs/experiment.md
 RUNS ?= 1
 EXPERIMENT_ARGS ?=
 experiment:

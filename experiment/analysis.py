@@ -103,9 +103,13 @@ def parse_requests(lines: Iterable[str]) -> list[Request]:
     return out
 
 
+def _due(r: Request) -> float:
+    return r.due
+
+
 def requests_between(reqs: Sequence[Request], start: float, end: float) -> Sequence[Request]:
-    dues = [r.due for r in reqs]  # callers with many windows pass a pre-sorted list; cheap enough
-    return reqs[bisect.bisect_left(dues, start):bisect.bisect_left(dues, end)]
+    """The requests due in [start, end) of a list sorted by due time (parse_requests sorts)."""
+    return reqs[bisect.bisect_left(reqs, start, key=_due):bisect.bisect_left(reqs, end, key=_due)]
 
 
 def client_stats(reqs: Sequence[Request], seconds: float) -> dict:
@@ -177,9 +181,51 @@ def join_windows(reports: Sequence[Mapping], requests: Sequence[Request], phases
     return rows
 
 
+def parse_loadavg(lines: Iterable[str]) -> list[tuple[float, float, int]]:
+    """``epoch load1 running/total ...`` lines (the experiment's /proc/loadavg samples) ->
+    (time, 1-minute load average, runnable tasks)."""
+    out = []
+    for line in lines:
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            out.append((float(parts[0]), float(parts[1]), int(parts[4].split("/")[0])))
+        except (ValueError, IndexError):
+            raise ValueError(f"bad loadavg line {line!r}") from None
+    return sorted(out)
+
+
+def attach_load(rows: Sequence[dict], samples: Sequence[tuple[float, float, int]]) -> None:
+    """Per window: the mean 1-minute load average and the mean/max runnable tasks sampled in it
+    (the whole machine's load, the experiment's own processes included: a reader can see when
+    other work shared the machine)."""
+    ts = [t for t, _, _ in samples]
+    for row in rows:
+        sel = samples[bisect.bisect_left(ts, row["t_start"]):bisect.bisect_left(ts, row["t_end"])]
+        row["load1"] = _r(_mean(l for _, l, _ in sel), 2)
+        row["runnable_mean"] = _r(_mean(r for _, _, r in sel), 2)
+        row["runnable_max"] = max((r for _, _, r in sel), default=None)
+
+
 def _mean(xs: Iterable[float | None]) -> float | None:
     v = [x for x in xs if x is not None]
     return sum(v) / len(v) if v else None
+
+
+def score_summary(rows: Sequence[Mapping], column: str, min_purity: float = 0.0) -> dict:
+    """For one score column: ρ(score, client p99) over every window, the per-phase mean score
+    (windows ≥ ``min_purity`` inside their phase) and the two score targets."""
+    rho, n = spearman([r.get(column) for r in rows], [r["client_p99_ms"] for r in rows])
+    means = {}
+    for name in dict.fromkeys(r["phase"] for r in rows):
+        means[name] = _r(_mean(r.get(column) for r in rows if r["phase"] == name and r["purity"] >= min_purity), 2)
+    base = means.get("baseline")
+    below = {k: v is not None and base is not None and v < base for k, v in means.items() if k != "baseline"}
+    return {"rho_score_p99": _r(rho, 3), "rho_pairs": n, "mean_score": means,
+            "targets": {"rho_le_-0.6": rho is not None and rho <= -0.6,
+                        "every_scenario_mean_score_below_baseline": bool(below) and all(below.values()),
+                        "scenario_below_baseline": below}}
 
 
 def summarize(rows: Sequence[Mapping], min_purity: float = 0.0) -> dict:
@@ -204,6 +250,8 @@ def summarize(rows: Sequence[Mapping], min_purity: float = 0.0) -> dict:
             "client_error_rate": _r(_mean(r["client_error_rate"] for r in sel), 4),
             "mean_ping_ms": _r(_mean(r["ping_ms_median"] for r in sel), 2),
             **{f"mean_{c}": _r(_mean(r.get(c) for r in sel), 4) for c in SIGNALS},
+            "mean_load1": _r(_mean(r.get("load1") for r in sel), 2),
+            "mean_runnable": _r(_mean(r.get("runnable_mean") for r in sel), 2),
         }
     base = phases.get("baseline", {}).get("mean_score")
     below = {k: (v["mean_score"] is not None and base is not None and v["mean_score"] < base)

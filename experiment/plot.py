@@ -16,10 +16,10 @@ COLORS = {"S1": "tab:blue", "S2": "tab:orange", "S3": "tab:green", "S4": "tab:re
 
 def plot(rows: Sequence[Mapping], phases: Sequence[Mapping], path: Path) -> None:
     t0 = min(p["start"] for p in phases)
-    fig, axes = plt.subplots(3, 1, figsize=(13, 11), gridspec_kw={"height_ratios": [2, 1.3, 2]})
-    ax, ax_sig, ax_sc = axes
+    fig, axes = plt.subplots(4, 1, figsize=(13, 13.5), gridspec_kw={"height_ratios": [2, 1.3, 0.8, 2]})
+    ax, ax_sig, ax_load, ax_sc = axes
     t = [(r["t_end"] - t0) for r in rows]
-    for a in (ax, ax_sig):
+    for a in (ax, ax_sig, ax_load):
         for p in phases:
             if p["name"] == "baseline":
                 continue
@@ -33,7 +33,11 @@ def plot(rows: Sequence[Mapping], phases: Sequence[Mapping], path: Path) -> None
     ax.set_yscale("log")
     ax.set_ylabel("client latency (ms, log)")
     ax2 = ax.twinx()
-    ax2.plot(t, [r["node_score"] for r in rows], "-", color="tab:cyan", lw=2, label="node score")
+    ax2.plot(t, [r["node_score"] for r in rows], "-", color="tab:cyan", lw=2, label="node score (agent, default)")
+    for col, style in (("score_tuned-bounds", ":"), ("score_tuned", "--")):
+        if any(r.get(col) is not None for r in rows):
+            ax2.plot(t, [r.get(col) for r in rows], style, color="tab:cyan", lw=1.2,
+                     label=f"{col[6:]} profile (offline)")
     ax2.set_ylim(0, 100)
     ax2.set_ylabel("node score (0..100)")
     h1, l1 = ax.get_legend_handles_labels()
@@ -44,8 +48,13 @@ def plot(rows: Sequence[Mapping], phases: Sequence[Mapping], path: Path) -> None
         ax_sig.plot(t, [r.get(f"norm_{k}") for r in rows], ".-", label=k, ms=3)
     ax_sig.set_ylim(-0.05, 1.05)
     ax_sig.set_ylabel("normalised signal (0..1)")
-    ax_sig.set_xlabel("seconds since the first phase")
     ax_sig.legend(loc="upper left", fontsize=8, ncol=5)
+    ax_load.plot(t, [r.get("load1") for r in rows], "-", color="tab:brown", label="load average (1 min)")
+    ax_load.plot(t, [r.get("runnable_max") for r in rows], ".", color="tab:gray", ms=3,
+                 label="runnable tasks (max in window)")
+    ax_load.set_ylabel("machine load")
+    ax_load.set_xlabel("seconds since the first phase")
+    ax_load.legend(loc="upper left", fontsize=8, ncol=2)
     for name in dict.fromkeys(r["phase"] for r in rows):
         sel = [r for r in rows if r["phase"] == name]
         ax_sc.scatter([r["node_score"] for r in sel], [r["client_p99_ms"] for r in sel],

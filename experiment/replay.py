@@ -16,12 +16,13 @@ requests the client actually measured while the pod's node's scenario ran; p99 a
 are reported per scenario mix for both placements. There is more degraded capacity than
 healthy, so once the healthy nodes are full the ranking *among* degraded nodes decides.
 
-The scorer is a small :class:`NodeScorer` protocol. :class:`ExtenderScorer` adapts issue 18's
-in-process ``extender.Extender`` (through its injectable clock, so its TTL and sequence rules
-apply to the replayed reports); until ``extender/`` is on this branch the replay falls back to
-:class:`ReportScoreScorer`, a stand-in with the extender's documented default policy
-(``node-score``: the report's node score 0..100 mapped linearly to 0..10, neutral 5 when a
-node has no fresh report) -- and says so in its output.
+The scorer is the real extender of this repository (``extender.Extender``, issue 18), in
+process, driven by the replay's virtual clock: its schema validation, TTL (3 x the report's
+push interval) and sequence rules apply to the replayed reports, and a node whose reports stop
+goes neutral (5) exactly as it would in front of kube-scheduler. The extender's weight in
+kube-scheduler defaults to the one in ``manifests/scheduler/kube-scheduler-config.yaml``
+(read from that file, :func:`manifest_weight`). Tests may pass any object with the
+:class:`NodeScorer` shape.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
 from experiment.analysis import Request, parse_time, quantile, requests_between
@@ -49,78 +51,68 @@ class NodeScorer(Protocol):
         """0..10 per node for ``pod`` at ``now``, like the extender's HostPriorityList."""
 
 
-class ReportScoreScorer:
-    """Stand-in for the extender's default ``node-score`` policy (issue 18): the newest report
-    per node (a lower or equal sequence of the same agent instance is stale), expired after
-    3 × its push interval, score = node_score / 10; neutral without a fresh report or score."""
-
-    name = "stand-in node-score (not the extender)"
-
-    def __init__(self) -> None:
-        self._latest: dict[str, tuple[str, int, float, float | None]] = {}
-
-    def receive(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
-        doc = json.loads(body)
-        node, inst, seq = doc["node_name"], doc["agent_instance"], int(doc["sequence"])
-        old = self._latest.get(node)
-        if old and old[0] == inst and seq <= old[1]:
-            return  # stale
-        ttl = 3 * float(doc.get("push_interval_seconds") or 30)
-        self._latest[node] = (inst, seq, now + ttl, doc.get("node_score"))
-
-    def prioritize(self, pod: dict, nodes: Sequence[str], now: float) -> dict[str, float]:
-        out = {}
-        for n in nodes:
-            rec = self._latest.get(n)
-            fresh = rec is not None and now < rec[2] and rec[3] is not None
-            out[n] = max(0.0, min(10.0, rec[3] / 10.0)) if fresh else NEUTRAL
-        return out
-
-
 class ExtenderScorer:
-    """Adapter for issue 18's in-process extender:
-    ``Extender(config, clock=callable)``, ``receive_report(body, headers) -> (status, dict)``,
-    ``prioritize(ExtenderArgs) -> [{"Host", "Score"}]``.
-
-    INTEGRATION (once ``extender/`` is merged): check the import path, how a default config is
-    built (``_default_config``) and that prioritize's answer is read as below; then
-    :func:`default_scorer` picks this adapter automatically and the stand-in is no longer used.
-    """
-
-    name = "extender (issue 18, in-process)"
+    """The in-process extender (``extender.Extender(config, clock=...)``): pushes go through
+    ``receive_report(body, headers)``, scores through ``prioritize(ExtenderArgs)`` with
+    ``NodeNames`` (``nodeCacheCapable: true``, as manifests/scheduler configures it), i.e. the
+    integer 0..10 HostPriority kube-scheduler would receive. The clock is the replay's virtual
+    time, set before every call."""
 
     def __init__(self, config=None) -> None:
-        from extender import Extender  # INTEGRATION: the package of issue 18
+        from extender.app import Extender
 
         self._now = 0.0
-        self.rejected: list[tuple[int, dict]] = []
+        self.rejected: list[tuple[int, dict]] = []  # pushes the extender refused (should be none)
+        self.answers: dict[str, int] = {}  # push answers by status ("accepted", "stale")
         self.ext = Extender(config if config is not None else _default_config(),
                             clock=lambda: self._now)
+        self.name = f"extender.Extender (in-process, policy {self.ext.policy_name})"
+
+    @property
+    def policy(self) -> str:
+        return self.ext.policy_name
 
     def receive(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
         self._now = now
         status, doc = self.ext.receive_report(body, headers)
         if status >= 400:
             self.rejected.append((status, doc))
+        else:
+            self.answers[doc["status"]] = self.answers.get(doc["status"], 0) + 1
 
     def prioritize(self, pod: dict, nodes: Sequence[str], now: float) -> dict[str, float]:
         self._now = now
         answer = self.ext.prioritize({"Pod": pod, "NodeNames": list(nodes)})
+        if len(answer) != len(nodes):  # an empty list is the extender's answer to bad args
+            raise RuntimeError(f"the extender answered {len(answer)} scores for {len(nodes)} nodes")
         return {h["Host"]: float(h["Score"]) for h in answer}
 
 
 def _default_config():
-    """INTEGRATION: the extender's default configuration (policy ``node-score``)."""
-    from extender import config as ext_config  # INTEGRATION: adjust to issue 18's module
+    """The extender's own defaults (policy ``node-score``, TTL 3 x push interval); the schema
+    is the repository's. The environment is not read: a replay must not depend on it."""
+    from extender.config import ExtenderConfig
 
-    return ext_config.ExtenderConfig()
+    return ExtenderConfig()
 
 
-def default_scorer() -> NodeScorer:
-    try:
-        return ExtenderScorer()
-    except ImportError:  # extender/ not on this branch yet
-        return ReportScoreScorer()
+def default_scorer() -> "ExtenderScorer":
+    return ExtenderScorer()
+
+
+SCHEDULER_CONFIG = Path(__file__).resolve().parent.parent / "manifests" / "scheduler" / "kube-scheduler-config.yaml"
+
+
+def manifest_weight(path: Path = SCHEDULER_CONFIG) -> float:
+    """The ``weight`` of the prioritizing extender in the shipped KubeSchedulerConfiguration."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())
+    ext = [e for e in (doc or {}).get("extenders") or () if e.get("prioritizeVerb")]
+    if len(ext) != 1 or not isinstance(ext[0].get("weight"), (int, float)) or ext[0]["weight"] <= 0:
+        raise ValueError(f"{path}: expected one extender with prioritizeVerb and a positive weight, "
+                         f"found {ext!r}")
+    return float(ext[0]["weight"])
 
 
 # --- the cluster --------------------------------------------------------------------------------
@@ -134,6 +126,10 @@ class Node:
     windows: Sequence[Mapping]  # the recorded reports of its scenario, replayed in order
     offset: int = 0
     pods: int = 0
+    silent_from: int | None = None  # from this step on the node pushes nothing (its agent stopped)
+
+    def pushes_at(self, step: int) -> bool:
+        return self.silent_from is None or step < self.silent_from
 
     def report_at(self, step: int) -> Mapping:
         return self.windows[(self.offset + step) % len(self.windows)]
@@ -182,8 +178,8 @@ def place(nodes: list[Node], pods: int, scorer: NodeScorer | None, weight: float
         n.pods = 0
     while len(placed) < pods:
         now = t0 + step * window_seconds
-        if scorer is not None:
-            for n in nodes:
+        if scorer is not None and getattr(scorer, "wants_reports", True):
+            for n in (n for n in nodes if n.pushes_at(step)):
                 scorer.receive(replayed_body(n.report_at(step), n.name, step + 1, now),
                                {"Content-Type": "application/json"}, now)
         for k in range(pods_per_step):
@@ -225,6 +221,30 @@ def outcome(placed: Sequence[Node], pools: Mapping[str, Sequence[Request]], per_
             "error_rate": errors / len(lat) if lat else None, "pods_per_scenario": by}
 
 
+class OracleScorer:
+    """Not a scheduler: the best any node ranking could do in the replay. It knows each node's
+    *measured* client p99 (of its scenario's requests) and ranks by it, so the "oracle" result
+    bounds what a score can gain in a mix (the healthy capacity is all there is to give)."""
+
+    name = "oracle (measured client p99 per scenario)"
+    wants_reports = False  # place() need not build the pushes it would ignore
+    WEIGHT = 1000.0  # dominates LeastAllocated: fill the best-measured nodes first
+
+    def __init__(self, p99_by_node: Mapping[str, float]) -> None:
+        worst = max(p99_by_node.values()) or 1.0
+        self.table = {n: 10.0 * (1.0 - v / worst) for n, v in p99_by_node.items()}
+
+    def receive(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+        pass
+
+    def prioritize(self, pod: dict, nodes: Sequence[str], now: float) -> dict[str, float]:
+        return {n: self.table[n] for n in nodes}
+
+
+def pool_p99(pool: Sequence[Request]) -> float:
+    return quantile(sorted(r.latency_ms for r in pool), 0.99) or 0.0
+
+
 @dataclass
 class MixResult:
     mix: str
@@ -232,6 +252,17 @@ class MixResult:
     pods: int
     baseline: dict = field(default_factory=dict)
     extender: dict = field(default_factory=dict)
+    oracle: dict = field(default_factory=dict)  # the bound: nodes ranked by their measured p99
+    pushes: dict = field(default_factory=dict)  # the extender's answers to the replayed pushes
+
+
+def _count_pushes(acc: dict, scorer) -> None:
+    for k, v in getattr(scorer, "answers", {}).items():
+        acc[k] = acc.get(k, 0) + v
+    rejected = getattr(scorer, "rejected", [])
+    if rejected:
+        acc["rejected"] = acc.get("rejected", 0) + len(rejected)
+        acc.setdefault("first_rejection", rejected[0][1].get("error"))
 
 
 def replay_mix(mix: Mix, windows: Mapping[str, Sequence[Mapping]],
@@ -242,7 +273,8 @@ def replay_mix(mix: Mix, windows: Mapping[str, Sequence[Mapping]],
     degraded = sum(c for s, c in mix.nodes.items() if s != "baseline") * mix.capacity
     pods = mix.pods or healthy + degraded // 2
     res = MixResult(mix.name, dict(mix.nodes), pods)
-    acc: dict[str, list[dict]] = {"baseline": [], "extender": []}
+    acc: dict[str, list[dict]] = {"baseline": [], "extender": [], "oracle": []}
+    scen_p99 = {s: pool_p99(pools[s]) for s in mix.nodes}
     for trial in range(trials):
         rng = random.Random(seed * 1000 + trial)
         nodes = []
@@ -252,9 +284,13 @@ def replay_mix(mix: Mix, windows: Mapping[str, Sequence[Mapping]],
                 nodes.append(Node(f"{s.lower()}-{i}", s, mix.capacity, ws,
                                   offset=rng.randrange(len(ws))))
         rng.shuffle(nodes)  # node order must not decide ties
-        for mode, scorer in (("baseline", None), ("extender", scorer_factory())):
-            placed = place(nodes, pods, scorer, weight, window_seconds, t0, random.Random(rng.random()))
+        oracle = OracleScorer({n.name: scen_p99[n.scenario] for n in nodes})
+        for mode, scorer, w in (("baseline", None, 0.0), ("extender", scorer_factory(), weight),
+                                ("oracle", oracle, OracleScorer.WEIGHT)):
+            placed = place(nodes, pods, scorer, w, window_seconds, t0, random.Random(rng.random()))
             acc[mode].append(outcome(placed, pools, per_pod, random.Random(seed + trial)))
+            if mode == "extender":
+                _count_pushes(res.pushes, scorer)
     for mode in acc:
         runs = acc[mode]
         tot: dict[str, int] = {}
@@ -267,16 +303,25 @@ def replay_mix(mix: Mix, windows: Mapping[str, Sequence[Mapping]],
             "error_rate": round(sum(r["error_rate"] for r in runs) / len(runs), 5),
             "mean_pods_per_scenario": {s: round(c / len(runs), 2) for s, c in tot.items()},
         })
-    b, e = res.baseline["p99_ms"], res.extender["p99_ms"]
-    res.extender["p99_change"] = round((e - b) / b, 4) if b else None
+    b = res.baseline["p99_ms"]
+    for r in (res.extender, res.oracle):
+        r["p99_change"] = round((r["p99_ms"] - b) / b, 4) if b else None
     return res
 
 
 def replay_run(reports: Sequence[Mapping], rows: Sequence[Mapping], *, seed: int = 1,
                min_purity: float = 0.75, weight: float = 1.0, trials: int = 20,
                requests: Sequence[Request] | None = None,
-               scorer_factory: Callable[[], NodeScorer] = default_scorer) -> dict:
-    """The replay over one run: windows and request pools per phase from the joined rows."""
+               scorer_factory: Callable[[], NodeScorer] = default_scorer,
+               profile: str = "default",
+               transform: Callable[[Mapping], Mapping] | None = None) -> dict:
+    """The replay over one run: windows and request pools per phase from the joined rows.
+
+    ``transform``: applied to every recorded report before it is replayed (the experiment's
+    offline re-scoring under a named score profile, experiment/tuning.py); ``profile`` names it
+    in the output."""
+    if transform is not None:
+        reports = [transform(r) for r in reports]
     by_seq = {r["sequence"]: r for r in reports}
     windows: dict[str, list[Mapping]] = {}
     pools: dict[str, list[Request]] = {}
@@ -290,14 +335,15 @@ def replay_run(reports: Sequence[Mapping], rows: Sequence[Mapping], *, seed: int
                 pools.setdefault(row["phase"], []).extend(
                     requests_between(requests, row["t_start"], row["t_end"]))
     scorer = scorer_factory()
-    win_s = float(reports[0]["window_seconds"]) if reports else 3.0
+    win_s = float(reports[0]["push_interval_seconds"]) if reports else 3.0
     # the scorer's view of each recorded window on its own (the CSV's extender_score column)
     window_scores = {}
     for rep in reports:
         now = parse_time(rep["timestamp"])
         scorer.receive(json.dumps(dict(rep)).encode(), {"Content-Type": "application/json"}, now)
         window_scores[rep["sequence"]] = scorer.prioritize(_pod(0), [rep["node_name"]], now).get(rep["node_name"])
-    out = {"scorer": scorer.name, "weight": weight, "trials": trials, "window_scores": window_scores,
+    out = {"scorer": scorer.name, "policy": getattr(scorer, "policy", None), "profile": profile,
+           "weight": weight, "trials": trials, "window_scores": window_scores,
            "note": "a replay of measured windows through the scorer, not a live cluster"}
     if "baseline" not in windows or not pools:
         out["mixes"] = []

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from experiment import analysis, replay
+from experiment import analysis, replay, tuning
 from experiment.lab import RelayLab, _expect
 from experiment.receiver import Receiver
 
@@ -63,15 +63,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--extender-weights", default="1,5",
-                    help="replay: the extender's weight in kube-scheduler (score x weight x 10)")
+    ap.add_argument("--extender-weights", default="",
+                    help="replay: the extender's weights in kube-scheduler (score x weight x 10), "
+                    "comma-separated; default: manifests/scheduler's weight, then 1 and 5")
+    ap.add_argument("--profiles", default=",".join(tuning.profile_names()),
+                    help="score profiles to judge (offline re-scoring of each report; default "
+                    "first, then config/score-profiles/*.yaml)")
+    ap.add_argument("--trials", type=int, default=20, help="replay trials per scenario mix")
+    ap.add_argument("--profile-weights", choices=("manifest", "all"), default="manifest",
+                    help="replay the non-default profiles at the manifests' weight only (default) "
+                    "or at every --extender-weights (slower: ~20 s per replay on a loaded machine)")
+    ap.add_argument("--tuning-dir", default=str(Path(__file__).resolve().parent / "results" / "tuning"),
+                    help="the recorded run the tuned profiles were tuned on, analysed beside the "
+                    "fresh runs ('' to skip)")
     a = ap.parse_args(argv)
     a.scenario_list = [s.strip().upper() for s in a.scenarios.split(",") if s.strip()]
     bad = [s for s in a.scenario_list if s not in SCENARIOS]
     if bad:
         ap.error(f"unknown scenarios {bad}: choose from {', '.join(SCENARIOS)}")
     a.cpus = cpus
-    a.weights = [float(w) for w in a.extender_weights.split(",") if w.strip()]
+    a.manifest_weight = replay.manifest_weight()
+    given = [float(w) for w in a.extender_weights.split(",") if w.strip()]
+    a.weights = list(dict.fromkeys(given or [a.manifest_weight, 1.0, 5.0]))
+    if any(w <= 0 for w in a.weights):
+        ap.error(f"--extender-weights: weights must be > 0, got {a.weights}")
+    a.profile_list = [p.strip() for p in a.profiles.split(",") if p.strip()]
+    try:
+        a.profile_objs = {name: tuning.load_profile(name) for name in a.profile_list}
+    except ValueError as e:
+        ap.error(str(e))
+    if "default" not in a.profile_objs:
+        ap.error("--profiles must include 'default' (the agent's own score, which the CSV carries)")
     return a
 
 
@@ -101,6 +123,34 @@ class Scenario:
         self.lab.clear()
 
 
+class LoadSampler:
+    """/proc/loadavg once a second into ``path`` (``epoch`` + the file's line), so a reader can
+    judge how busy the shared machine was in each window (other engineers' tests included)."""
+
+    def __init__(self, path: Path, interval: float = 1.0) -> None:
+        import threading
+
+        self.path, self.interval = path, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loadavg", daemon=True)
+
+    def _loop(self) -> None:
+        with open(self.path, "w") as f:
+            while not self._stop.is_set():
+                with open("/proc/loadavg") as la:
+                    f.write(f"{time.time():.3f} {la.read().strip()}\n")
+                f.flush()
+                self._stop.wait(self.interval)
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def run_once(a: argparse.Namespace, raw: Path, run: int) -> dict:
     """One pass over the plan; writes the raw records under ``raw`` and returns their paths."""
     from tests.e2e.agent_proc import Agent  # the tests' way of starting the real agent
@@ -108,7 +158,7 @@ def run_once(a: argparse.Namespace, raw: Path, run: int) -> dict:
     raw.mkdir(parents=True, exist_ok=True)
     phases: list[analysis.Phase] = []
     relay_stats: dict[str, dict] = {}
-    with RelayLab(seed=a.seed + run) as lab, Receiver() as rx:
+    with RelayLab(seed=a.seed + run) as lab, Receiver() as rx, LoadSampler(raw / "loadavg.txt"):
         cfg = raw / "agent.yaml"
         cfg.write_text(
             f"node_name: experiment-node\nkubernetes: \"off\"\nsample_interval: {a.sample_interval}\n"
@@ -167,21 +217,38 @@ def run_once(a: argparse.Namespace, raw: Path, run: int) -> dict:
 _PING = re.compile(r"^\[([\d.]+)\].*time=([\d.]+) ms")
 
 
+def _read(raw: Path, name: str) -> str:
+    """``name`` in ``raw``, plain or gzip-compressed (``name.gz``, as committed)."""
+    if (raw / name).is_file():
+        return (raw / name).read_text()
+    if (raw / f"{name}.gz").is_file():
+        return gzip.decompress((raw / f"{name}.gz").read_bytes()).decode()
+    raise FileNotFoundError(f"{raw}: neither {name} nor {name}.gz")
+
+
 def load_raw(raw: Path) -> tuple[list[dict], list[analysis.Request], list[analysis.Phase], list]:
     seen: dict = {}
-    for line in (raw / "reports.jsonl").read_text().splitlines():
+    for line in _read(raw, "reports.jsonl").splitlines():
         doc = json.loads(json.loads(line)["body"])
         seen.setdefault((doc["agent_instance"], doc["sequence"]), doc)
     reports = sorted(seen.values(), key=lambda d: d["sequence"])
-    reqs = analysis.parse_requests((raw / "requests.csv").read_text().splitlines())
+    reqs = analysis.parse_requests(_read(raw, "requests.csv").splitlines())
     phases = [analysis.Phase(p["name"], p["start"], p["end"], tuple(map(tuple, p["fault_on"])))
-              for p in json.loads((raw / "phases.json").read_text())]
+              for p in json.loads(_read(raw, "phases.json"))]
     pings = []
-    for line in (raw / "ping.txt").read_text().splitlines():
+    for line in _read(raw, "ping.txt").splitlines():
         m = _PING.match(line)
         if m:
             pings.append((float(m.group(1)), float(m.group(2))))
     return reports, reqs, phases, pings
+
+
+def load_samples(raw: Path) -> list[tuple[float, float, int]]:
+    """The run's /proc/loadavg samples; none for runs recorded before they were taken."""
+    try:
+        return analysis.parse_loadavg(_read(raw, "loadavg.txt").splitlines())
+    except FileNotFoundError:
+        return []
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -192,6 +259,50 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w = csv.DictWriter(f, cols)
         w.writeheader()
         w.writerows(rows)
+
+
+def _repo_relative(path: str) -> str:
+    p = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
+def analyse(a: argparse.Namespace, raw: Path, run: int | str, weights: list[float] | None = None) -> dict:
+    """One recorded run: the window join (+ machine load), the summary under every score
+    profile, and the placement replay through the real extender for every profile x weight
+    (``weights``: default the run's ``--extender-weights``)."""
+    reports, reqs, phases, pings = load_raw(raw)
+    rows = analysis.join_windows(reports, reqs, phases, pings, run=run)
+    analysis.attach_load(rows, load_samples(raw))
+    summary = analysis.summarize(rows, min_purity=0.75)
+    by_seq = {r["sequence"]: r for r in reports}
+    summary["profiles"] = {}
+    worst = 0.0
+    for name, prof in a.profile_objs.items():
+        col = f"score_{name}"
+        for r in rows:
+            r[col] = tuning.score_of(by_seq[r["sequence"]], prof)
+            if name == "default" and r[col] is not None and r["node_score"] is not None:
+                worst = max(worst, abs(r[col] - r["node_score"]))
+        summary["profiles"][name] = analysis.score_summary(rows, col, min_purity=0.75)
+    # the offline re-scoring reproduces the agent's own score under the default profile
+    summary["rescore_max_abs_diff_default"] = round(worst, 4)
+    summary["replays"] = []
+    for name, prof in a.profile_objs.items():
+        ws = weights or a.weights
+        if name != "default" and a.profile_weights == "manifest":
+            ws = ws[:1]
+        for w in ws:
+            print(f"[run {run}] replay: profile {name}, weight {w:g}", flush=True)
+            rep = replay.replay_run(reports, rows, seed=a.seed + (run if isinstance(run, int) else 0),
+                                    requests=reqs, weight=w, trials=a.trials, profile=name,
+                                    transform=None if name == "default" else
+                                    (lambda r, p=prof: tuning.rescore(r, p)))
+            col = "extender_score" if name == "default" else f"extender_score_{name}"
+            for r in rows:  # the extender's 0..10 answer for each window on its own
+                r[col] = rep["window_scores"].get(r["sequence"])
+            summary["replays"].append({k: v for k, v in rep.items() if k != "window_scores"})
+    return {"run": run, "rows": rows, "summary": summary, "raw": raw}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,30 +324,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in range(1, a.runs + 1):
             raw = work / f"run-{run}"
+            t_run = time.time()
             run_once(a, raw, run)
-            reports, reqs, phases, pings = load_raw(raw)
-            rows = analysis.join_windows(reports, reqs, phases, pings, run=run)
-            summary = analysis.summarize(rows, min_purity=0.75)
-            summary["replays"] = []
-            for w in a.weights:
-                rep = replay.replay_run(reports, rows, seed=a.seed + run, requests=reqs, weight=w)
-                for r in rows:  # the scorer's 0..10 score of each window (the CSV's extender column)
-                    r["extender_score"] = rep["window_scores"].get(r["sequence"])
-                summary["replays"].append({k: v for k, v in rep.items() if k != "window_scores"})
-            per_run.append({"run": run, "rows": rows, "summary": summary, "raw": raw})
-            print(f"[run {run}] windows {summary['windows']}  rho(score, p99) "
-                  f"{summary['rho_score_p99']}", flush=True)
+            measured = time.time() - t_run
+            pr = analyse(a, raw, run)
+            pr["summary"]["measured_seconds"] = round(measured, 1)
+            pr["summary"]["elapsed_seconds"] = round(time.time() - t_run, 1)
+            per_run.append(pr)
+            print(f"[run {run}] windows {pr['summary']['windows']}  rho(score, p99) "
+                  f"{pr['summary']['rho_score_p99']}  ({pr['summary']['elapsed_seconds']:.0f} s)", flush=True)
+        tuning_run = None
+        if a.tuning_dir and Path(a.tuning_dir).is_dir():
+            # the manifests' weight only (the fresh runs carry the other weights): keeps one
+            # make experiment under 15 minutes on a loaded machine
+            tuning_run = analyse(a, Path(a.tuning_dir), "tuning", weights=[a.weights[0]])
         first = per_run[0]
         write_csv([r for pr in per_run for r in pr["rows"]], out / "windows.csv")
         for name in ("phases.json", "relay.json"):
             shutil.copy(first["raw"] / name, out / f"run1-{name}")
-        for name in ("reports.jsonl", "requests.csv", "ping.txt"):  # the raw records, compressed
+        for name in ("reports.jsonl", "requests.csv", "ping.txt", "loadavg.txt"):  # raw, compressed
             with open(first["raw"] / name, "rb") as src, gzip.open(out / f"run1-{name}.gz", "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        doc = {"parameters": {k: v for k, v in vars(a).items() if k not in ("out",)},
+        params = {k: v for k, v in vars(a).items() if k not in ("out", "profile_objs")}
+        doc = {"parameters": params,
                "scenarios": {s: describe(a, s) for s in a.scenario_list},
+               "profiles": {n: {"weights": dict(p.weights), "bounds": {k: list(v) for k, v in p.bounds.items()}}
+                            for n, p in a.profile_objs.items()},
+               "manifest_weight": a.manifest_weight,
                "elapsed_seconds": round(time.time() - t_start, 1),
-               "runs": [{"run": pr["run"], **pr["summary"]} for pr in per_run]}
+               "runs": [{"run": pr["run"], **pr["summary"]} for pr in per_run],
+               "tuning_run": ({"run": "tuning", "source": _repo_relative(a.tuning_dir), **tuning_run["summary"]}
+                              if tuning_run else None)}
         (out / "summary.json").write_text(json.dumps(doc, indent=1))
         from experiment.report import markdown
 

@@ -96,3 +96,33 @@ def test_summary_targets():
     assert s["targets"]["every_scenario_mean_score_below_baseline"]
     assert s["phases"]["S1"]["mean_score"] == pytest.approx(60.9)
     assert s["rho_per_signal"]["rtt_p99_ms"]["rho"] == 1.0
+
+
+def test_loadavg_samples_are_attached_per_window():
+    from experiment.analysis import attach_load, parse_loadavg
+
+    lines = ["100.5 1.50 1.20 0.90 3/200 999", "", "101.5 2.50 1.30 0.90 5/201 1000",
+             "103.2 9.00 2.00 1.00 9/210 1001"]
+    samples = parse_loadavg(lines)
+    assert samples == [(100.5, 1.5, 3), (101.5, 2.5, 5), (103.2, 9.0, 9)]
+    rows = [{"t_start": 100.0, "t_end": 103.0}, {"t_start": 103.0, "t_end": 106.0},
+            {"t_start": 200.0, "t_end": 203.0}]
+    attach_load(rows, samples)
+    assert (rows[0]["load1"], rows[0]["runnable_mean"], rows[0]["runnable_max"]) == (2.0, 4.0, 5)
+    assert rows[1]["load1"] == 9.0 and rows[2]["load1"] is None and rows[2]["runnable_max"] is None
+    with pytest.raises(ValueError, match="bad loadavg line"):
+        parse_loadavg(["100.0 x"])
+
+
+def test_score_summary_per_column():
+    from experiment.analysis import score_summary
+
+    rows = [{"phase": "baseline", "purity": 1.0, "client_p99_ms": 10.0 + i, "s": 90.0 - i} for i in range(4)]
+    rows += [{"phase": "S1", "purity": 1.0, "client_p99_ms": 50.0 + i, "s": 60.0 - i} for i in range(3)]
+    rows += [{"phase": "S2", "purity": 0.5, "client_p99_ms": 30.0, "s": 95.0}]
+    out = score_summary(rows, "s", min_purity=0.75)
+    assert out["mean_score"]["baseline"] == 88.5 and out["mean_score"]["S1"] == 59.0
+    assert out["mean_score"]["S2"] is None  # no window pure enough
+    assert out["targets"]["scenario_below_baseline"] == {"S1": True, "S2": False}
+    assert not out["targets"]["every_scenario_mean_score_below_baseline"]
+    assert out["rho_score_p99"] < -0.6 and out["targets"]["rho_le_-0.6"]

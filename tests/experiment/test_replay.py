@@ -1,4 +1,5 @@
-"""The placement replay's logic with a pure fake scorer (no extender, no kernel)."""
+"""The placement replay: its logic with a pure fake scorer, and the real in-process extender
+(issue 18) driven by the replay's virtual clock on recorded windows (no kernel)."""
 
 import json
 import random
@@ -6,8 +7,8 @@ import random
 import pytest
 
 from experiment.analysis import Request
-from experiment.replay import (Mix, Node, ReportScoreScorer, default_mixes, least_allocated, place,
-                               replay_mix, replay_run, replayed_body)
+from experiment.replay import (Mix, Node, default_mixes, least_allocated, place, replay_mix,
+                               replay_run, replayed_body)
 
 
 class FakeScorer:
@@ -87,24 +88,17 @@ def test_replay_mix_lower_p99_when_scores_track_latency():
     assert res.extender["p99_change"] <= 0
 
 
-def test_stand_in_scorer_ttl_stale_and_neutral():
-    s = ReportScoreScorer()
-    body = json.dumps(_report(80, seq=2)).encode()
-    s.receive(body, {}, 10.0)
-    assert s.prioritize({}, ["experiment-node", "other"], 11.0) == {"experiment-node": 8.0, "other": 5.0}
-    s.receive(json.dumps(_report(10, seq=2)).encode(), {}, 12.0)  # same sequence: stale
-    assert s.prioritize({}, ["experiment-node"], 12.0)["experiment-node"] == 8.0
-    assert s.prioritize({}, ["experiment-node"], 19.5)["experiment-node"] == 5.0  # 3 × 3 s TTL
-
-
 def test_replay_run_uses_pure_windows_and_says_it_is_a_replay():
     reports = [dict(_report(90 if i < 4 else 40, seq=i), timestamp=f"2025-01-01T00:00:{3 * i:02d}Z")
                for i in range(1, 9)]
     rows = [{"sequence": i, "phase": "baseline" if i < 4 else "S2", "purity": 1.0 if i != 4 else 0.5,
              "t_start": 1735689600 + 3 * (i - 1), "t_end": 1735689600 + 3 * i} for i in range(1, 9)]
     reqs = [Request(1735689600 + 0.1 * k, 5.0 if k < 120 else 80.0, True) for k in range(240)]
-    out = replay_run(reports, rows, requests=reqs, trials=2, scorer_factory=ReportScoreScorer)
-    assert "not a live cluster" in out["note"]
+    out = replay_run(reports, rows, requests=reqs, trials=2,
+                     scorer_factory=lambda: FakeScorer({"experiment": 7.0, "baseline": 9, "s2": 4}))
+    assert "not a live cluster" in out["note"] and out["scorer"] == "fake"
     assert [m["mix"] for m in out["mixes"]] == ["baseline+S2"]
-    assert out["window_scores"][1] == 9.0 and out["window_scores"][6] == 4.0
+    assert out["window_scores"][1] == 7.0
+    # the impure window (purity 0.5) is not replayed: baseline has sequences 1..3 only
+    assert out["mixes"][0]["nodes"] == {"baseline": 1, "S2": 3}
     assert [m.name for m in default_mixes(["S1", "S2"])] == ["baseline+S1", "baseline+S2", "all"]
