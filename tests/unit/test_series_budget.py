@@ -12,6 +12,8 @@ from prometheus_client.registry import CollectorRegistry
 from agent.config import Config
 from agent.export.prometheus import ExportOptions, ReportCollector
 from agent.model import PodSample, ProbeSnapshot
+from agent.probes import runqlat
+from agent.probes.spec import cgroup_key
 from agent.report import build_report
 from tests.unit import report_fixture as F
 
@@ -23,6 +25,7 @@ def full_report(n_pods: int, config: Config = Config()):
     """A node with ``n_pods`` pods, each with every per-pod figure the agent can export, and
     every node-level series (all four probes, drop reasons, both histograms)."""
     pods, rtt = [], {}
+    runq = {"": F.hist(F.RQ, [(2_000_000, 100)])}
     for i in range(n_pods):
         addr = f"10.1.{i // 250}.{i % 250 + 1}"
         pods.append(PodSample(
@@ -31,9 +34,11 @@ def full_report(n_pods: int, config: Config = Config()):
             rtt_slo_ms=50.0, qos="burstable", cpu_throttled_ratio=0.1, cpu_pressure=0.01,
             memory_pressure=0.02, net_rx_bytes=1000, net_tx_bytes=2000, net_seconds=10.0,
             cpu_seconds_total=100.0 + i, cpu_throttled_seconds_total=1.5, net_rx_bytes_total=10**6,
-            net_tx_bytes_total=2 * 10**6))
+            net_tx_bytes_total=2 * 10**6, cgroup_ids=(5000 + 2 * i, 5001 + 2 * i)))
         rtt[addr] = F.hist(F.RTT, [(800 + i, 50), (200_000, 1)])
+        runq[cgroup_key(5001 + 2 * i)] = F.hist(runqlat.CGROUP_LAYOUT, [(20_000 + i, 30)])
     win = F.windows()
+    win["runqlat"] = ProbeSnapshot("runqlat", "ns", 10.0, since=0.0, hists=runq)
     win["tcp_rtt"] = ProbeSnapshot("tcp_rtt", "us", 0.0, hists=rtt)
     win["tcp_retrans"] = ProbeSnapshot("tcp_retrans", "", 0.0, counts={a: 2 for a in rtt})
     cum = dict(win)
@@ -68,7 +73,9 @@ def test_110_pods_with_every_signal_fit_the_budget_with_the_defaults():
         "ebpf_pod_rtt_p99_seconds", "ebpf_pod_cpu_seconds_total",
         "ebpf_pod_cpu_throttled_seconds_total", "ebpf_pod_network_receive_bytes_total",
         "ebpf_pod_network_transmit_bytes_total", "ebpf_pod_tcp_retransmit_skbs_total",
-        "ebpf_pod_cpu_throttled_ratio", "ebpf_pod_memory_pressure_ratio"}
+        "ebpf_pod_cpu_throttled_ratio", "ebpf_pod_memory_pressure_ratio",
+        "ebpf_pod_runqlat_p50_seconds", "ebpf_pod_runqlat_p99_seconds",
+        "ebpf_pod_runqlat_wait_seconds_per_second"}
     assert "ebpf_pods_not_exported 0.0" in text
     assert n <= 2500
 
