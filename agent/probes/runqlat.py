@@ -167,11 +167,8 @@ class RunqlatProbe(BccProbe):
         return d
 
     def snapshot(self, bpf) -> ProbeSnapshot:
-        slots = {}
-        for k, per_cpu in bpf[b"runq_latency_hist"].items():
-            c = self.percpu_sum(per_cpu, "count")
-            if c:
-                slots[int(k.value)] = (c, self.percpu_sum(per_cpu, "sum"))
+        # the cgroup rows first: they are few, so a reader that brackets the snapshot by its
+        # own readings (tests/bpf/test_runq_pods.py) sees them read at the start of the call
         table = bpf[b"runq_cgroup_hist"]
         rows: dict[int, tuple[int, dict[int, int]]] = {}
         for k, v in bpf[b"cgroup_row_owner"].items():
@@ -184,4 +181,9 @@ class RunqlatProbe(BccProbe):
             rows[int(v.value)] = (total, counts)
         m = bpf[b"runq_cgroup_misses"]
         misses = (self.percpu_sum(m[ctypes.c_int(0)]), self.percpu_sum(m[ctypes.c_int(1)]))
+        slots = {}
+        for k, per_cpu in bpf[b"runq_latency_hist"].items():
+            c = self.percpu_sum(per_cpu, "count")
+            if c:
+                slots[int(k.value)] = (c, self.percpu_sum(per_cpu, "sum"))
         return decode(self.layout, slots, self.lost(bpf), time.monotonic(), rows, misses)
