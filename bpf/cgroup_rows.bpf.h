@@ -6,7 +6,8 @@
  * inodes the cgroup reader records.
  *
  * A row is found through a per-CPU direct-mapped cache (CGROUP_CACHE_SLOTS entries, indexed
- * by a hash of the id): the common event costs one array lookup and a compare. A miss looks
+ * by a hash of the id) that the probe keeps in its own per-CPU state (so the cache costs no
+ * map lookup of its own): the common event costs one compare. A miss looks
  * the id up in cgroup_row_of (id -> row). A new id claims a free row by inserting into
  * cgroup_row_owner (row -> id, BPF_NOEXIST: two CPUs never share a row), then into
  * cgroup_row_of (BPF_NOEXIST: an id never gets two rows). An id that finds no free row among
@@ -31,7 +32,6 @@ struct cgroup_row_cache {
 
 BPF_HASH(cgroup_row_of, u64, u32, 2 * CGROUP_ROWS);
 BPF_HASH(cgroup_row_owner, u32, u64, CGROUP_ROWS);
-BPF_PERCPU_ARRAY(cgroup_cache, struct cgroup_row_cache, CGROUP_CACHE_SLOTS);
 
 static __always_inline u64 cgroup_hash(u64 id)
 {
@@ -58,14 +58,11 @@ static __always_inline u32 cgroup_claim_row(u64 id, u64 hash)
     return got ? *got : CGROUP_NO_ROW;
 }
 
-/* The cgroup's row, or CGROUP_NO_ROW. */
-static __always_inline u32 cgroup_row(u64 id)
+/* The cgroup's row, or CGROUP_NO_ROW; ``cache``: this CPU's CGROUP_CACHE_SLOTS entries. */
+static __always_inline u32 cgroup_row(u64 id, struct cgroup_row_cache *cache)
 {
     u64 hash = cgroup_hash(id);
-    int at = hash & (CGROUP_CACHE_SLOTS - 1);
-    struct cgroup_row_cache *c = cgroup_cache.lookup(&at);
-    if (!c)
-        return CGROUP_NO_ROW;
+    struct cgroup_row_cache *c = &cache[hash & (CGROUP_CACHE_SLOTS - 1)];
     if (c->valid && c->id == id)
         return c->row;
     u32 *known = cgroup_row_of.lookup(&id);

@@ -14,7 +14,7 @@
  *
  * Per cgroup, without reading a kernel struct: at sched_switch `current` is still the outgoing
  * task (prev), so bpf_get_current_cgroup_id() names prev's cgroup, not next's. So the latency of
- * the task switched in is kept with its pid in a per-CPU slot (runq_pending), and the next
+ * the task switched in is kept with its pid in a per-CPU slot (runq_cpu_state), and the next
  * sched_switch on that CPU, whose prev is that same task (a running task cannot migrate), adds
  * it to the current task's cgroup row (cgroup_rows.bpf.h). The slot is emptied at every switch,
  * so it never outlives its task's time on the CPU: idle (pid 0) never fills it, a task that
@@ -27,9 +27,9 @@
  *
  * Maps: runq_enqueued_at (pid % RUNQ_MAX_TASKS -> {ts ns, pid}; collisions counted in
  *       lost_events), runq_latency_hist (per-CPU array of {count, sum ns} by slot),
- *       runq_pending (per-CPU {latency, pid, row slot}), runq_cgroup_hist (per-CPU array of
- *       {sum ns, count by coarse slot} by cgroup row), runq_cgroup_misses (per-CPU [no row,
- *       pid mismatch]).
+ *       runq_cpu_state (by CPU: {latency, pid, row slot} pending, the cgroup row cache),
+ *       runq_cgroup_words (by CPU and cgroup row: {sum ns, count by coarse slot}),
+ *       runq_cgroup_misses (per-CPU [no row, pid mismatch]).
  */
 #include "common.h"
 #include "hist.h"
@@ -41,6 +41,7 @@
 #endif
 #define CG_SUB (1u << CG_SUB_BITS)
 #define CG_SLOTS ((CG_MAX_SHIFT + 2) * CG_SUB)
+#define CG_ROW_WORDS (((1 + CG_SLOTS) + 7) / 8 * 8)
 
 struct runq_start {
     u64 ts;   /* enqueue time (ns), 0 = empty */
@@ -48,21 +49,24 @@ struct runq_start {
     u32 pad;
 };
 
-struct runq_pending {
+/* This CPU's state, one cache-line-aligned element per possible CPU of a plain array indexed by
+ * the CPU (not a per-CPU map: its lookup reads a pointer table first, one more cache line per
+ * event): the pending switch-in and the cgroup row cache. */
+struct runq_cpu {
     u64 latency;  /* ns */
     u32 pid;      /* 0 = empty */
     u32 slot;     /* latency's slot of the per-cgroup histogram */
-};
-
-struct runq_cgroup_row {
-    u64 sum;              /* ns */
-    u64 count[CG_SLOTS];  /* by cg_slot() */
+    u64 pad[6];
+    struct cgroup_row_cache cache[CGROUP_CACHE_SLOTS];
 };
 
 BPF_ARRAY(runq_enqueued_at, struct runq_start, RUNQ_MAX_TASKS);
 BPF_PERCPU_ARRAY(runq_latency_hist, struct hist_value, HIST_SLOTS);
-BPF_PERCPU_ARRAY(runq_pending, struct runq_pending, 1);
-BPF_PERCPU_ARRAY(runq_cgroup_hist, struct runq_cgroup_row, CGROUP_ROWS);
+BPF_F_TABLE("array", int, struct runq_cpu, runq_cpu_state, RUNQ_CPUS, BPF_F_MMAPABLE);
+/* per (CPU, row): CG_ROW_WORDS u64 = {sum ns, count by cg_slot() ...}, padded to whole cache
+ * lines (mmap-able, so page-aligned: every row starts a line, and user space reads it by mmap) */
+BPF_F_TABLE("array", int, u64, runq_cgroup_words, RUNQ_CPUS * CGROUP_ROWS * CG_ROW_WORDS,
+            BPF_F_MMAPABLE);
 BPF_PERCPU_ARRAY(runq_cgroup_misses, u64, 2);
 
 /* hist_slot()'s rule with CG_SUB_BITS sub-buckets (agent/stats/histogram.py SlotLayout) */
@@ -83,32 +87,6 @@ static __always_inline void cgroup_miss(int kind)
         (*n)++;
 }
 
-/* prev is switched out: the latency it was switched in with goes to its (current) cgroup */
-static __always_inline void attribute_prev(u32 prev_pid, struct runq_pending *p)
-{
-    u32 pid = p->pid;
-    if (pid == 0)
-        return;
-    p->pid = 0;
-    if (pid != prev_pid) {
-        cgroup_miss(1);
-        return;
-    }
-    u32 row = cgroup_row(bpf_get_current_cgroup_id());
-    if (row == CGROUP_NO_ROW) {
-        cgroup_miss(0);
-        count_lost();
-        return;
-    }
-    struct runq_cgroup_row *r = runq_cgroup_hist.lookup(&row);
-    if (!r)
-        return;
-    r->sum += p->latency;
-    u32 slot = p->slot;
-    if (slot < CG_SLOTS)
-        r->count[slot]++;
-}
-
 static __always_inline void enqueue(u32 pid, u64 now)
 {
     u32 idx = pid % RUNQ_MAX_TASKS;
@@ -119,6 +97,36 @@ static __always_inline void enqueue(u32 pid, u64 now)
         count_lost();
     e->pid = pid;
     e->ts = now;
+}
+
+/* prev is switched out: the latency it was switched in with goes to its (current) cgroup */
+static __always_inline void attribute_prev(u32 cpu, u32 prev_pid, struct runq_cpu *st)
+{
+    u32 pid = st->pid;
+    if (pid == 0)
+        return;
+    st->pid = 0;
+    if (pid != prev_pid) {
+        cgroup_miss(1);
+        return;
+    }
+    u32 row = cgroup_row(bpf_get_current_cgroup_id(), st->cache);
+    if (row >= CGROUP_ROWS) {
+        cgroup_miss(0);
+        count_lost();
+        return;
+    }
+    u32 slot = st->slot;
+    if (slot >= CG_SLOTS)
+        return;
+    int base = (cpu * CGROUP_ROWS + row) * CG_ROW_WORDS;
+    int at = base + 1 + slot;
+    u64 *n = runq_cgroup_words.lookup(&at);
+    if (n)
+        (*n)++;
+    u64 *sum = runq_cgroup_words.lookup(&base);
+    if (sum)
+        *sum += st->latency;
 }
 
 TRACEPOINT_PROBE(sched, sched_wakeup)
@@ -139,10 +147,10 @@ TRACEPOINT_PROBE(sched, sched_wakeup_new)
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {
-    int zero = 0;
-    struct runq_pending *pend = runq_pending.lookup(&zero);
-    if (pend)
-        attribute_prev(args->prev_pid, pend);
+    u32 cpu = bpf_get_smp_processor_id();
+    struct runq_cpu *st = runq_cpu_state.lookup(&cpu);
+    if (st)
+        attribute_prev(cpu, args->prev_pid, st);
 
     u64 now = 0;  /* read the clock at most once per switch */
     if ((args->prev_state & RUNNABLE_STATE_MASK) == 0 && args->prev_pid != 0) {
@@ -169,10 +177,10 @@ TRACEPOINT_PROBE(sched, sched_switch)
         v->count++;
         v->sum += delta;
     }
-    if (pend) {
-        pend->latency = delta;
-        pend->slot = cg_slot(delta);
-        pend->pid = pid;
+    if (st) {
+        st->latency = delta;
+        st->slot = cg_slot(delta);
+        st->pid = pid;
     }
     return 0;
 }

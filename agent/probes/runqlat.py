@@ -31,11 +31,25 @@ HIST = HistSpec(
 
 # The per-cgroup rows: 2 sub-buckets per power of two (a slot spans at most a third of its
 # value, and p50/p99 interpolate within it) over the node histogram's range. A row is
-# 8 * (1 + slots) = 584 bytes per CPU, so 512 rows take 292 KiB per CPU; at the node's
-# resolution (hist_sub_bits 5: 1,024 slots of 16 bytes) it would be 16 KiB a row.
+# {sum, 72 counts} in u64 words padded to whole cache lines: 80 words = 640 bytes per CPU, so
+# 512 rows take 320 KiB per CPU; at the node's resolution (hist_sub_bits 5: 1,024 slots of
+# 16 bytes) it would be 16 KiB a row.
 CGROUP_SUB_BITS = 1
 CGROUP_LAYOUT = SlotLayout(CGROUP_SUB_BITS, HIST.value_bits - CGROUP_SUB_BITS - 1)
-CGROUP_ROW_BYTES = 8 * (1 + CGROUP_LAYOUT.slots)
+CGROUP_ROW_WORDS = (1 + CGROUP_LAYOUT.slots + 7) // 8 * 8  # the C's CG_ROW_WORDS
+CGROUP_CACHE_SLOTS = 64  # bpf/cgroup_rows.bpf.h
+CPU_STATE_BYTES = 64 + 16 * CGROUP_CACHE_SLOTS  # struct runq_cpu
+
+
+def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """How many CPU ids the kernel may use (the highest id of the possible range, plus one):
+    the number of per-CPU elements of runqlat's plain arrays."""
+    with open(path) as f:
+        text = f.read().strip()
+    try:
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except ValueError:
+        raise ValueError(f"{path}: cannot parse {text!r}") from None
 
 # snapshot counts: per-pod samples the kernel could not attribute (cumulative, per kind)
 NO_ROW = "cgroup_no_row"  # the cgroup found no free row (also in lost)
@@ -83,13 +97,12 @@ SPEC = ProbeSpec(
     maps=(MapSpec("runq_latency_hist", 4, 16, lambda c: HIST.layout(c.hist_sub_bits).slots),
           MapSpec("runq_enqueued_at", 4, 16, lambda c: c.max_tasks, define="RUNQ_MAX_TASKS"),
           MapSpec("lost_events", 4, 8, lambda c: 1),
-          MapSpec("runq_pending", 4, 16, lambda c: 1),
-          MapSpec("runq_cgroup_hist", 4, CGROUP_ROW_BYTES, lambda c: c.max_cgroups,
-                  define="CGROUP_ROWS"),
+          # by CPU (entries: possible CPUs x ..., checked by the probe class)
+          MapSpec("runq_cpu_state", 4, CPU_STATE_BYTES),
+          MapSpec("runq_cgroup_words", 4, 8),
           MapSpec("runq_cgroup_misses", 4, 8, lambda c: 2),
           MapSpec("cgroup_row_of", 8, 4, lambda c: 2 * c.max_cgroups),
-          MapSpec("cgroup_row_owner", 4, 8, lambda c: c.max_cgroups),
-          MapSpec("cgroup_cache", 4, 16, lambda c: 64)),
+          MapSpec("cgroup_row_owner", 4, 8, lambda c: c.max_cgroups, define="CGROUP_ROWS")),
     params=lambda c: {"CG_SUB_BITS": CGROUP_LAYOUT.sub_bits, "CG_MAX_SHIFT": CGROUP_LAYOUT.max_shift},
     hist=HIST,
     attribution="cgroup",
@@ -160,8 +173,20 @@ class RunqlatProbe(BccProbe):
             self.detail["state_mask"] = f"{mask:#x} (fallback)"
         return mask
 
+    def cpus(self) -> int:
+        n = self.__dict__.get("_cpus")
+        if n is None:
+            n = self.__dict__["_cpus"] = possible_cpus(str(self.config.sys_root / "devices/system/cpu/possible"))
+        return n
+
+    def expected_entries(self) -> dict:
+        n = self.cpus()
+        return {**super().expected_entries(), "runq_cpu_state": n,
+                "runq_cgroup_words": n * self.config.max_cgroups * CGROUP_ROW_WORDS}
+
     def defines(self) -> dict:
-        d: dict = {**super().defines(), "RUNNABLE_STATE_MASK": hex(self.state_mask())}
+        d: dict = {**super().defines(), "RUNNABLE_STATE_MASK": hex(self.state_mask()),
+                   "RUNQ_CPUS": self.cpus()}
         if self.kernel.tracepoint("sched:sched_wakeup_new") is not None:
             d["HAVE_WAKEUP_NEW"] = 1
         return d
@@ -169,15 +194,20 @@ class RunqlatProbe(BccProbe):
     def snapshot(self, bpf) -> ProbeSnapshot:
         # the cgroup rows first: they are few, so a reader that brackets the snapshot by its
         # own readings (tests/bpf/test_runq_pods.py) sees them read at the start of the call
-        table = bpf[b"runq_cgroup_hist"]
+        words = self.mapped(bpf, "runq_cgroup_words")
+        ncpu, nrows, width = self.cpus(), self.config.max_cgroups, CGROUP_ROW_WORDS
         rows: dict[int, tuple[int, dict[int, int]]] = {}
         for k, v in bpf[b"cgroup_row_owner"].items():
+            row = int(k.value)
+            if row >= nrows:
+                continue
             total, counts = 0, {}
-            for cpu in table[ctypes.c_int(int(k.value))]:
-                total += int(cpu.sum)
-                for s, c in enumerate(cpu.count):
+            for cpu in range(ncpu):
+                w = words.words((cpu * nrows + row) * width, 1 + CGROUP_LAYOUT.slots)
+                total += w[0]
+                for s, c in enumerate(w[1:]):
                     if c:
-                        counts[s] = counts.get(s, 0) + int(c)
+                        counts[s] = counts.get(s, 0) + c
             rows[int(v.value)] = (total, counts)
         m = bpf[b"runq_cgroup_misses"]
         misses = (self.percpu_sum(m[ctypes.c_int(0)]), self.percpu_sum(m[ctypes.c_int(1)]))

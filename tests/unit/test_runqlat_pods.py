@@ -59,11 +59,20 @@ def test_c_row_slot_rule_matches_the_python_layout(tmp_path):
     assert [int(x) for x in out[1:]] == [CG.slot_of(v) for v in values]
 
 
-def test_row_leaf_size_is_the_c_struct():
-    """{u64 sum; u64 count[CG_SLOTS]} with the slots of the layout the defines describe."""
-    spec = {m.name: m for m in runqlat.SPEC.maps}
-    assert spec["runq_cgroup_hist"].leaf_size == 8 * (1 + CG.slots) == 584
-    assert spec["runq_cgroup_hist"].entries(Config(max_cgroups=7)) == 7
+def test_row_words_and_cpu_state_are_the_c_layout(tmp_path):
+    """A row is {sum, count by slot} padded to whole cache lines; the per-CPU elements are as
+    many as the kernel's possible CPU ids; the CPU state is the C struct's size."""
+    assert runqlat.CGROUP_ROW_WORDS == 80 and runqlat.CGROUP_ROW_WORDS * 8 % 64 == 0
+    assert runqlat.CGROUP_ROW_WORDS >= 1 + CG.slots
+    assert runqlat.CPU_STATE_BYTES == 64 + 16 * 64
+    text = (ROOT / "bpf" / "runqlat.bpf.c").read_text()
+    assert "#define CG_ROW_WORDS (((1 + CG_SLOTS) + 7) / 8 * 8)" in text
+    for content, want in (("0-1\n", 2), ("0-3,8-11\n", 12), ("0\n", 1)):
+        (tmp_path / "possible").write_text(content)
+        assert runqlat.possible_cpus(str(tmp_path / "possible")) == want
+    (tmp_path / "possible").write_text("garbage")
+    with pytest.raises(ValueError, match="cannot parse"):
+        runqlat.possible_cpus(str(tmp_path / "possible"))
 
 
 def test_decode_keys_rows_by_cgroup_and_leaves_empty_rows_out():
