@@ -41,6 +41,14 @@ CGROUP_CACHE_SLOTS = 64  # bpf/cgroup_rows.bpf.h
 CPU_STATE_BYTES = 64 + 16 * CGROUP_CACHE_SLOTS  # struct runq_cpu
 
 
+# A task's cgroup row is looked up (bpf_get_current_cgroup_id(), the row cache) at most once
+# per ROW_TTL_NS of its switch-ins and kept in its enqueue entry meanwhile: the helper's pointer
+# chase was most of the per-event cost. A task moved to another cgroup (a write to cgroup.procs)
+# is counted in its old cgroup for up to this long; a new task (sched_wakeup_new) or another
+# pid in the entry starts without one.
+ROW_TTL_NS = 100_000_000
+
+
 def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     """How many CPU ids the kernel may use (the highest id of the possible range, plus one):
     the number of per-CPU elements of runqlat's plain arrays."""
@@ -95,7 +103,7 @@ SPEC = ProbeSpec(
     tracepoints=("sched:sched_wakeup", "sched:sched_switch"),
     optional_tracepoints=("sched:sched_wakeup_new",),
     maps=(MapSpec("runq_latency_hist", 4, 16, lambda c: HIST.layout(c.hist_sub_bits).slots),
-          MapSpec("runq_enqueued_at", 4, 16, lambda c: c.max_tasks, define="RUNQ_MAX_TASKS"),
+          MapSpec("runq_enqueued_at", 4, 32, lambda c: c.max_tasks, define="RUNQ_MAX_TASKS"),
           MapSpec("lost_events", 4, 8, lambda c: 1),
           # by CPU (entries: possible CPUs x ..., checked by the probe class)
           MapSpec("runq_cpu_state", 4, CPU_STATE_BYTES),
@@ -103,7 +111,8 @@ SPEC = ProbeSpec(
           MapSpec("runq_cgroup_misses", 4, 8, lambda c: 2),
           MapSpec("cgroup_row_of", 8, 4, lambda c: 2 * c.max_cgroups),
           MapSpec("cgroup_row_owner", 4, 8, lambda c: c.max_cgroups, define="CGROUP_ROWS")),
-    params=lambda c: {"CG_SUB_BITS": CGROUP_LAYOUT.sub_bits, "CG_MAX_SHIFT": CGROUP_LAYOUT.max_shift},
+    params=lambda c: {"CG_SUB_BITS": CGROUP_LAYOUT.sub_bits, "CG_MAX_SHIFT": CGROUP_LAYOUT.max_shift,
+                      "RUNQ_ROW_TTL_NS": ROW_TTL_NS},
     hist=HIST,
     attribution="cgroup",
     summarize=summarize,

@@ -276,3 +276,39 @@ def test_a_competing_pods_wait_matches_schedstat_and_a_quiet_pod_shows_none(conf
     assert f.pods["quiet"]["runqlat_wait_per_second"] == 0.0
     assert total["empty"] == 0 and f.pods["empty"]["runqlat_wait_per_second"] == 0.0
     assert f.pods["empty"]["runqlat_p50"] is None
+
+
+def test_a_task_moved_to_another_pod_counts_there_after_the_row_ttl(config, kernel):
+    """The row a task's samples go to is kept for up to ROW_TTL_NS (runqlat.py): a busy task
+    moved from one pod's cgroup to another's waits in the new one from then on, by its own
+    schedstat, and not in the old one."""
+    require_tracepoint(kernel, "sched:sched_switch")
+    ncpu = os.cpu_count() or 1
+    ps = ProbeSet([probe_class("runqlat")(config, kernel)])
+    assert ps.start_all()["runqlat"].state.value == "up"
+    try:
+        with CgroupLab() as lab:
+            old, new = lab.cgroup("old/c1"), lab.cgroup("new/c1")
+            hogs = [lab.run(old, HOG) for _ in range(ncpu + 1)]
+            _wait_in(old, ncpu + 1)
+            time.sleep(0.5)
+            for h in hogs:
+                (new / "cgroup.procs").write_text(str(h.pid))
+            time.sleep(0.3 + 2 * runqlat.ROW_TTL_NS / 1e9)
+            ids = {n: (os.stat(lab.top / n).st_ino, os.stat(lab.top / n / "c1").st_ino)
+                   for n in ("old", "new")}
+            s0 = _schedstat(lab.top, [new])
+            ps.read_windows()
+            time.sleep(2)
+            s1 = _schedstat(lab.top, [new])
+            win = ps.read_windows()["runqlat"]
+    finally:
+        ps.close_all()
+    total = {n: sum(win.hists[cgroup_key(i)].total for i in ids[n] if cgroup_key(i) in win.hists)
+             for n in ids}
+    witness = _wait(s0["new/c1"], s1["new/c1"])
+    print(f"\nmoved tasks: new pod {total['new'] / 1e9:.3f}s, schedstat {witness / 1e9:.3f}s; "
+          f"old pod {total['old']}ns")
+    assert witness > 5e8
+    assert total["old"] == 0
+    assert abs(total["new"] - witness) <= 0.10 * witness, (total, witness)
