@@ -11,7 +11,7 @@ from typing import Mapping
 from agent import loads
 from agent.kernel import parse_switch_state_mask
 from agent.model import ProbeSnapshot
-from agent.probes.base import BccProbe, hist_from_slots
+from agent.probes.base import BccProbe, ProbeError, hist_from_slots
 from agent.model import Histogram, merge_histograms
 from agent.probes.spec import (Context, Field, Figures, HistSpec, MapSpec, ProbeSpec, Series,
                                Signal, Smoke, by_cgroup_owner, cgroup_key, quantile_seconds)
@@ -183,9 +183,15 @@ class RunqlatProbe(BccProbe):
         return mask
 
     def cpus(self) -> int:
+        """Possible CPU ids of the running kernel (sizes the by-CPU arrays); ProbeError (the
+        probe is down, the others keep working) when sysfs does not say."""
         n = self.__dict__.get("_cpus")
         if n is None:
-            n = self.__dict__["_cpus"] = possible_cpus(str(self.config.sys_root / "devices/system/cpu/possible"))
+            path = self.config.sys_root / "devices/system/cpu/possible"
+            try:
+                n = self.__dict__["_cpus"] = possible_cpus(str(path))
+            except (OSError, ValueError) as e:
+                raise ProbeError(f"cannot tell the possible CPUs from {path}: {e}") from None
         return n
 
     def expected_entries(self) -> dict:

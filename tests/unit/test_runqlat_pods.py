@@ -193,3 +193,11 @@ def test_pod_runqlat_is_null_while_the_probe_is_down():
                      tcp_segments=None, resources=F.RESOURCES, pods=pods)
     assert build_payload(r)["pods"][0]["runqlat_wait_ms_per_second"] is None
     assert "ebpf_pod_runqlat_wait_seconds_per_second" not in {m.name for m in render_report(r)}
+
+
+def test_a_kernel_whose_possible_cpus_cannot_be_read_leaves_runqlat_down(tmp_path):
+    from agent.probes.base import ProbeError
+
+    probe = runqlat.RunqlatProbe(Config(sys_root=tmp_path), kernel=None)
+    with pytest.raises(ProbeError, match="possible CPUs"):
+        probe.expected_entries()
