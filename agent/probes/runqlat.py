@@ -59,6 +59,7 @@ def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     except ValueError:
         raise ValueError(f"{path}: cannot parse {text!r}") from None
 
+
 # snapshot counts: per-pod samples the kernel could not attribute (cumulative, per kind)
 NO_ROW = "cgroup_no_row"  # the cgroup found no free row (also in lost)
 PID_MISMATCH = "cgroup_pid_mismatch"  # the slot's pid was not the task switched out
