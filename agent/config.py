@@ -117,6 +117,7 @@ class Config:
     max_addresses: int = 1024
     fast_addresses: int = 512
     max_tasks: int = 65536
+    max_cgroups: int = 512  # runqlat's per-cgroup rows (pods' containers and the node's own)
     hist_sub_bits: int = 5
     # roots
     tracefs_roots: tuple[Path, ...] = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -223,6 +224,9 @@ def validate(c: Config) -> None:
     v = c.fast_addresses
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
         raise ConfigError("fast_addresses", v, "an integer within 1..4096")
+    v = c.max_cgroups
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16384:
+        raise ConfigError("max_cgroups", v, "an integer within 1..16384")
     v = c.max_exported_pods
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
         raise ConfigError("max_exported_pods", v, "an integer within 0..100000")

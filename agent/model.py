@@ -174,6 +174,8 @@ class PodSample:
     cpu_throttled_seconds_total: float | None = None  # cpu.stat throttled_usec
     net_rx_bytes_total: int | None = None  # the pod's network namespace, all interfaces
     net_tx_bytes_total: int | None = None
+    # cgroup ids of the pod's cgroup and its containers' (agent.cgroups CgroupSample.cgroup_ids)
+    cgroup_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

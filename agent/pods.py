@@ -90,6 +90,7 @@ def join(reading, windows, view: KubeView, annotation: str) -> list[PodSample]:
             cpu_seconds_total=cs.usage_usec / 1e6 if cs is not None else None,
             cpu_throttled_seconds_total=(cs.throttled_usec / 1e6
                                          if cs is not None and cs.throttled_usec is not None else None),
+            cgroup_ids=tuple(sample.cgroup_ids),
         ))
     return out
 

@@ -127,7 +127,8 @@ def build_report(
     ordered = sorted(pods, key=lambda p: (p.namespace, p.pod, p.uid))
     slo = {p.uid: p.rtt_slo_ms if p.rtt_slo_ms is not None else config.default_rtt_slo_ms
            for p in ordered}
-    ctx = Context(pods=tuple(PodView(p.uid, tuple(p.addresses), p.host_network, slo[p.uid])
+    ctx = Context(pods=tuple(PodView(p.uid, tuple(p.addresses), p.host_network, slo[p.uid],
+                                     tuple(p.cgroup_ids))
                              for p in ordered),
                   default_rtt_slo_ms=config.default_rtt_slo_ms, window_seconds=window_seconds,
                   score=config.score)

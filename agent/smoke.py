@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 from agent.model import ProbeSnapshot, ProbeState, ProbeStateKind, merge_histograms
 from agent.probes import registry
-from agent.probes.spec import ProbeSpec
+from agent.probes.spec import ProbeSpec, node_hists
 from agent.stats.histogram import percentile
 
 def generate_load(specs: Sequence[ProbeSpec] | None = None) -> dict[str, int]:
@@ -92,8 +92,9 @@ def summarize(states: Mapping[str, ProbeState], windows: Mapping[str, ProbeSnaps
         if w is not None:
             r.events = w.events
             r.lost = w.lost
-            if w.hists:
-                h = merge_histograms(w.hists.values())
+            hists = node_hists(w.hists)
+            if hists:
+                h = merge_histograms(hists.values())
                 r.unit = w.unit
                 r.unit_seconds = spec.hist.unit_seconds if spec is not None and spec.hist else None
                 r.p50 = percentile(h.layout, h.counts, 0.50)

@@ -2,11 +2,15 @@
 tracepoints at once and measured on the same events (BPF_ENABLE_STATS, released on exit).
 
     .venv/bin/python -m bench.where_time_goes [--seconds 10] [--ref REV] [--json out.json]
+                                              [--tree-first] [--peer CMD [--peer-last]]
 
 For each tracepoint: an empty program attached first and one attached last (the floor, and how
 much the attach position matters), the probe's program as committed at --ref (default: the
 commit before the probe rework) and as in the working tree, and steps in between (the filter
 alone, the key built, a per-CPU array increment, a shared hash, a per-CPU hash, ...).
+``--peer "/usr/sbin/runqlat 3600 1"`` also runs a peer tool during the load (attached before
+everything, or with ``--peer-last`` after everything) and adds its programs' rows
+(bench/peer_stats.py), named "peer: <program name>".
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ VARIANTS = {
             " int z = 0; u64 *v = c.lookup(&z); if (v) (*v)++; return 0; }",
         "ktime + per-CPU array count": "BPF_PERCPU_ARRAY(c, u64, 1);\nTRACEPOINT_PROBE(sched, sched_switch) {"
             " int z = 0; u64 *v = c.lookup(&z); if (v) *v += bpf_ktime_get_ns(); return 0; }",
+        "cgroup id + per-CPU array count": "BPF_PERCPU_ARRAY(c, u64, 1);\nTRACEPOINT_PROBE(sched, sched_switch) {"
+            " int z = 0; u64 *v = c.lookup(&z); if (v) *v += bpf_get_current_cgroup_id(); return 0; }",
     },
     "sched:sched_wakeup": {
         "hash update": "BPF_HASH(h, u32, u64, 65536);\nTRACEPOINT_PROBE(sched, sched_wakeup) {"
@@ -111,8 +117,42 @@ def _tp(fname: str) -> str:
     return f"{system}:{event}"
 
 
-def run(seconds: float, ref: str, tree_first: bool = False) -> dict:
+PEER_TRACEPOINTS = ("sched_wakeup_new", "sched_wakeup", "sched_switch", "tcp_probe", "kfree_skb",
+                    "tcp_retransmit_skb")
+
+
+def _peer_tp(name: str) -> str:
+    for ev in PEER_TRACEPOINTS:
+        if ev in name:
+            return {"tcp_probe": "tcp", "kfree_skb": "skb", "tcp_retransmit_skb": "tcp"}.get(ev, "sched") + ":" + ev
+    return "?"
+
+
+def _start_peer(cmd: str):
+    """The peer tool, once its programs are loaded (its BPF program fds are open)."""
+    import shlex
+    import time
+
+    from bench.peer_stats import program_stats
+
+    p = subprocess.Popen(shlex.split(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise SystemExit(f"peer {cmd!r} exited: {p.stderr.read().decode()[-500:]}")
+        if program_stats(p.pid):
+            time.sleep(0.5)  # all of them attached
+            return p
+        time.sleep(0.2)
+    p.kill()
+    raise SystemExit(f"peer {cmd!r} loaded no BPF program in 60 s")
+
+
+def run(seconds: float, ref: str, tree_first: bool = False, peer: str | None = None,
+        peer_last: bool = False) -> dict:
     from bcc import BPF
+
+    from bench.peer_stats import program_stats
 
     config = Config()
     kernel = registry.detect_kernel(config)
@@ -153,7 +193,10 @@ def run(seconds: float, ref: str, tree_first: bool = False) -> dict:
         return subprocess.run(["git", "cat-file", "-e", f"{rev}:bpf/{fname}"], capture_output=True,
                               cwd=config.bpf_dir.parent).returncode == 0
 
+    peer_proc = None
     try:
+        if peer and not peer_last:
+            peer_proc = _start_peer(peer)
         for tp in VARIANTS:  # empties attached first
             sys_, ev = tp.split(":")
             load(tp, "empty (attached first)", PRELUDE.split("\n")[2] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
@@ -177,6 +220,8 @@ def run(seconds: float, ref: str, tree_first: bool = False) -> dict:
         for tp in VARIANTS:
             sys_, ev = tp.split(":")
             load(tp, "empty (attached last)", PRELUDE.split("\n")[2] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
+        if peer and peer_last:
+            peer_proc = _start_peer(peer)
         fd = enable_bpf_stats()
         if fd is None:
             raise SystemExit("BPF_ENABLE_STATS refused: need root and kernel >= 5.8")
@@ -186,6 +231,10 @@ def run(seconds: float, ref: str, tree_first: bool = False) -> dict:
         finally:
             os.close(fd)
         rows = []
+        if peer_proc is not None:
+            for pname, (ns, cnt) in sorted(program_stats(peer_proc.pid).items()):
+                rows.append({"tracepoint": _peer_tp(pname), "variant": f"peer: {pname}", "events": cnt,
+                             "ns_per_event": round(ns / cnt, 1) if cnt else None})
         for tp, variant, b in loaded:
             fn = b.funcs[f"tracepoint__{tp.replace(':', '__')}".encode()]
             ns, cnt = read_prog_stats(fn.fd) or (0, 0)
@@ -198,8 +247,16 @@ def run(seconds: float, ref: str, tree_first: bool = False) -> dict:
         order = list(VARIANTS)
         rows.sort(key=lambda r: (order.index(r["tracepoint"]) if r["tracepoint"] in order else 99,
                                  r["ns_per_event"] or 0))
-        return {"kernel": kernel.release, "seconds": seconds, "ref": ref, "rows": rows}
+        return {"kernel": kernel.release, "seconds": seconds, "ref": ref, "tree_first": tree_first,
+                "peer": peer, "peer_last": peer_last, "rows": rows}
     finally:
+        if peer_proc is not None:
+            peer_proc.terminate()
+            try:
+                peer_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                peer_proc.kill()
+                peer_proc.wait()
         seen = set()
         for _, _, b in loaded:
             if id(b) not in seen:
@@ -218,8 +275,11 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--tree-first", action="store_true",
                     help="attach the working tree's program before --ref's (attach order matters)")
+    ap.add_argument("--peer", help="a peer tool's command line, run during the load (e.g. "
+                    "'/usr/sbin/runqlat 3600 1' from libbpf-tools)")
+    ap.add_argument("--peer-last", action="store_true", help="attach the peer after everything")
     args = ap.parse_args()
-    res = run(args.seconds, args.ref, args.tree_first)
+    res = run(args.seconds, args.ref, args.tree_first, args.peer, args.peer_last)
     print(f"kernel {res['kernel']}, {res['seconds']:g}s of lab load, every variant on the same events")
     print(f"{'tracepoint':<24} {'variant':<36} {'events':>8} {'ns/event':>9} {'x empty':>8}")
     for r in res["rows"]:

@@ -419,7 +419,7 @@ How to read the numbers:
 - **Series budget.** `pod_series` (per-pod series at all), `max_exported_pods` (default 110, the
   kubelet's default maxPods; beyond it the busiest by CPU are kept and `ebpf_pods_not_exported`
   counts the rest) and `export_buckets_per_octave` (1, 2, 4 or 8). 110 pods with every signal
-  stay under 2,500 series (`pytest -s tests/unit/test_series_budget.py` holds it and prints the
+  stay under 3,000 series (`pytest -s tests/unit/test_series_budget.py` holds it and prints the
   count); what that costs a Prometheus at 500 and
   5,000 nodes is in [BENCHMARKS.md](../BENCHMARKS.md), section 5. The report and the push always
   carry every pod.

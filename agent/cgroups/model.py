@@ -126,6 +126,10 @@ class CgroupSample:
     memory_max: Optional[MemoryMax] = None
     memory_stat: Optional[MemoryStat] = None
     memory_pressure: Optional[Pressure] = None
+    # cgroup ids (directory inode numbers, what bpf_get_current_cgroup_id() returns) of this
+    # cgroup and of every cgroup below it (a pod's containers, the sandbox included); empty
+    # when they could not be read
+    cgroup_ids: Tuple[int, ...] = ()
 
     @property
     def working_set_bytes(self) -> Optional[int]:

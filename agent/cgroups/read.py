@@ -49,6 +49,9 @@ _MAX_FILE = 64 * 1024  # memory.stat is ~1.5 KiB; anything bigger is not a cgrou
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESTALE)
 # how deep below the root to look for the kubepods hierarchy (kubelet --cgroup-root nests it)
 _KUBEPODS_SEARCH_DEPTH = 3
+# below a pod (or a standalone cgroup): how deep and how many cgroup ids are recorded
+_IDS_DEPTH = 3
+_MAX_IDS = 256
 
 
 def read_cgroup2_root(
@@ -78,6 +81,38 @@ def _read_small(path: str) -> str:
     finally:
         os.close(fd)
     return data.decode("ascii", errors="replace")
+
+
+def cgroup_ids(d: str, depth: int = _IDS_DEPTH, limit: int = _MAX_IDS) -> Tuple[int, ...]:
+    """Inode numbers of the cgroup directory ``d`` and of the cgroups below it (breadth first,
+    ``depth`` levels, at most ``limit``): on 64-bit kernels a cgroup's inode number is its id
+    (kernfs node id). One stat per directory, no file read. Directories that vanish meanwhile
+    are left out; () when ``d`` itself is gone."""
+    try:
+        out = [os.stat(d).st_ino]
+    except OSError:
+        return ()
+    level = [d]
+    for _ in range(depth):
+        nxt = []
+        for parent in level:
+            try:
+                with os.scandir(parent) as it:
+                    for e in it:
+                        if len(out) >= limit:
+                            return tuple(out)
+                        try:
+                            if e.is_dir(follow_symlinks=False):
+                                out.append(e.stat(follow_symlinks=False).st_ino)
+                                nxt.append(e.path)
+                        except OSError:
+                            continue
+            except OSError:
+                continue
+        level = nxt
+        if not level:
+            break
+    return tuple(out)
 
 
 class _Cycle:
@@ -161,7 +196,8 @@ class CgroupReader:
             cyc.vanished += 1
             return None
         cyc.cgroups += 1
-        return CgroupSample(path=rel, identity=identity, taken_at=self.clock(), **values)
+        return CgroupSample(path=rel, identity=identity, taken_at=self.clock(),
+                            cgroup_ids=cgroup_ids(d), **values)
 
     # -- walking -----------------------------------------------------------------------------
     def _subdirs(self, rel: str) -> List[str]:

@@ -80,6 +80,10 @@ class PodView:
     addresses: tuple[str, ...]
     host_network: bool
     rtt_slo_ms: float  # the pod's annotation, else the default
+    # cgroup v2 ids (directory inode numbers) of the pod's cgroup and every cgroup below it
+    # (its containers, the sandbox included): what bpf_get_current_cgroup_id() returns for
+    # the pod's tasks. Empty when the pod readers found no cgroup for it.
+    cgroup_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,51 @@ class Context:
                 for a in p.addresses:
                     out[a] = p.uid
         return out
+
+
+    def cgroup_owner(self) -> dict[int, str]:
+        """cgroup id -> pod uid (attribution="cgroup"). An id claimed by two pods (cannot
+        happen with real directories) goes to neither."""
+        out: dict[int, str] = {}
+        twice: set[int] = set()
+        for p in self.pods:
+            for i in p.cgroup_ids:
+                if i in out and out[i] != p.uid:
+                    twice.add(i)
+                out[i] = p.uid
+        for i in twice:
+            del out[i]
+        return out
+
+
+# A probe's per-cgroup histograms live in its snapshot's ``hists`` under these keys, beside
+# its node-wide or per-address ones; they may have a coarser layout, so node figures and
+# generic readers (the smoke test) leave them out.
+CGROUP_KEY_PREFIX = "cgroup:"
+
+
+def cgroup_key(cgroup_id: int) -> str:
+    return f"{CGROUP_KEY_PREFIX}{int(cgroup_id)}"
+
+
+def is_cgroup_key(key: str) -> bool:
+    return key.startswith(CGROUP_KEY_PREFIX)
+
+
+def node_hists(hists: Mapping[str, Histogram]) -> dict[str, Histogram]:
+    """The histograms of a snapshot that are not per-cgroup rows."""
+    return {k: h for k, h in hists.items() if not is_cgroup_key(k)}
+
+
+def by_cgroup_owner(hists: Mapping[str, Histogram], owner: Mapping[int, str]) -> dict[str, list[Histogram]]:
+    """Group per-cgroup histograms under the pod uid that owns the cgroup id."""
+    out: dict[str, list[Histogram]] = {}
+    for k, h in hists.items():
+        if is_cgroup_key(k):
+            uid = owner.get(int(k[len(CGROUP_KEY_PREFIX):]))
+            if uid:
+                out.setdefault(uid, []).append(h)
+    return out
 
 
 Figures = ProbeFigures  # what a summary returns (agent.model: reports carry it)

@@ -13,7 +13,7 @@ from agent.config import Config
 from agent.model import Histogram, ProbeSnapshot, ProbeState, ProbeStateKind
 from agent.probes import registry
 from agent.probes import connect, runqlat, skb_drop, tcp_retrans, tcp_rtt
-from agent.probes.spec import Context, PodView
+from agent.probes.spec import Context, PodView, cgroup_key
 from agent.stats.histogram import SlotLayout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,9 +71,9 @@ def test_the_registry_is_the_union_and_has_no_duplicates():
 
 
 def _ctx():
-    pods = (PodView("uid-a", ("10.0.0.5",), False, 100.0),
-            PodView("uid-h", ("192.168.1.10",), True, 100.0),
-            PodView("uid-c", ("10.0.0.9",), False, 50.0))
+    pods = (PodView("uid-a", ("10.0.0.5",), False, 100.0, (100, 101)),
+            PodView("uid-h", ("192.168.1.10",), True, 100.0, (300,)),
+            PodView("uid-c", ("10.0.0.9",), False, 50.0, (200, 202)))
     return Context(pods=pods, default_rtt_slo_ms=100.0, window_seconds=10.0, score=Config().score)
 
 
@@ -81,7 +81,9 @@ def _snapshot(spec):
     """A small window of the shape the probe's decode() makes."""
     if spec.hist is not None:
         lay = spec.hist.layout(5)
-        keys = ("10.0.0.5", "192.168.1.10") if spec.attribution == "address" else ("",)
+        keys = {"address": ("10.0.0.5", "192.168.1.10"),
+                "cgroup": ("", cgroup_key(101), cgroup_key(202), cgroup_key(300))}.get(
+                    spec.attribution, ("",))
         return ProbeSnapshot(spec.name, spec.hist.unit, 10.0, since=0.0, hists={
             k: Histogram(lay, {lay.slot_of(1000): 3}, 3000) for k in keys})
     keys = ("10.0.0.5", "192.168.1.10") if spec.attribution == "address" else ("NO_SOCKET",)
@@ -101,6 +103,8 @@ def test_every_declared_figure_is_produced(spec):
     if spec.attribution == "address":
         assert "uid-h" not in f.pods, "a host-network pod got the host's traffic"
         assert set(f.pods) == {"uid-a", "uid-c"}
+    if spec.attribution == "cgroup":  # a pod's CPU wait is its own, host network or not
+        assert set(f.pods) == {"uid-a", "uid-c", "uid-h"}
     for s in spec.series:
         if s.kind == "histogram":
             assert spec.hist is not None and isinstance(f.node[s.figure], Histogram)
