@@ -10,7 +10,6 @@ Every filesystem root is a field so the whole agent can run against fixture tree
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -20,19 +19,10 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
+from agent.configload import ConfigError, build, convert, gather, unknown_key
+
 ENV_PREFIX = "EBPF_EDGE_AGENT_"
 DEFAULT_PORT = 9810
-
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, value: Any, allowed: str, source: str = "",
-                 unknown: bool = False) -> None:
-        self.key, self.value, self.allowed = key, value, allowed
-        where = f" (from {source})" if source else ""
-        if unknown:
-            super().__init__(f"{key}: unknown key{where}; {allowed}")
-        else:
-            super().__init__(f"{key}: {value!r} is not valid{where}: {allowed}")
 
 
 def _default_bpf_dir() -> Path:
@@ -268,56 +258,12 @@ _SCORE_KEYS = {f.name for f in dataclasses.fields(ScoreConfig)}
 
 def _convert(key: str, raw: Any, source: str) -> Any:
     """Turn a value from YAML (typed) or env/flags (strings) into the field's type."""
-    default = getattr(Config(), key) if key != "score" else None
+    if key == "score":
+        return _score_from(raw, source)
+    default = getattr(Config(), key)
     if key == "probes":
         default = ()  # a list of names (its default, None, means every probe)
-    try:
-        if isinstance(default, bool):
-            if isinstance(raw, bool):
-                return raw
-            if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            return int(raw)
-        if isinstance(default, float):
-            if isinstance(raw, bool):
-                raise ValueError
-            return float(raw)
-        if isinstance(default, str):
-            if not isinstance(raw, (str, int)) or isinstance(raw, bool):
-                raise ValueError
-            return str(raw)
-        if isinstance(default, Path):
-            if not isinstance(raw, str) or not raw:
-                raise ValueError
-            return Path(raw)
-        if isinstance(default, tuple):
-            items = raw.split(",") if isinstance(raw, str) else raw
-            if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
-                raise ValueError
-            items = tuple(i.strip() for i in items if i.strip())
-            if default and isinstance(default[0], Path):
-                return tuple(Path(i) for i in items)
-            return items
-    except (ValueError, TypeError):
-        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                tuple: "a list (or comma-separated string)"}.get(type(default), type(default).__name__)
-        if isinstance(default, Path):
-            kind = "a path"
-        raise ConfigError(key, raw, kind, source) from None
-    return raw
-
-
-def _unknown(key: str, known, source: str, prefix: str = "") -> ConfigError:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"did you mean {prefix + close[0]!r}? " if close else ""
-    return ConfigError(prefix + key, None, f"{hint}known keys: {', '.join(sorted(known))}",
-                       source, unknown=True)
+    return convert(key, raw, default, source)
 
 
 def _score_from(raw: Any, source: str) -> ScoreConfig:
@@ -327,7 +273,7 @@ def _score_from(raw: Any, source: str) -> ScoreConfig:
     kw: dict[str, Any] = {}
     for k, v in raw.items():
         if k not in _SCORE_KEYS:
-            raise _unknown(str(k), _SCORE_KEYS, source, "score.")
+            raise unknown_key(str(k), _SCORE_KEYS, source, "score.")
         if k == "default_drop_weight":
             kw[k] = v
             continue
@@ -404,50 +350,8 @@ def load_config(file: str | None = None, env: Mapping[str, str] | None = None,
     ``known``: {"probes": names, "signals": names} from the probe registry
     (``agent.probes.registry.known()``); names outside them are refused here, with their
     source, before anything else is checked."""
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    if file:
-        import yaml
-
-        try:
-            text = Path(file).read_text()
-        except OSError as e:
-            raise ConfigError("config", file, f"a readable YAML file ({e.strerror})") from None
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError("config", file, f"valid YAML ({str(e).splitlines()[0]})") from None
-        if doc is None:
-            doc = {}
-        if not isinstance(doc, dict):
-            raise ConfigError("config", file, "a YAML mapping of keys to values")
-        for k, v in doc.items():
-            k = str(k)
-            if k not in _FIELDS:
-                raise _unknown(k, _FIELDS, file)
-            src = f"{file}"
-            values[k] = _score_from(v, src) if k == "score" else _convert(k, v, src)
-            sources[k] = src
-    env = os.environ if env is None else env
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or is_service_link(name, raw):
-            continue
-        k = name[len(ENV_PREFIX):].lower()
-        if k not in _FIELDS or k == "score":
-            raise _unknown(k, [f for f in _FIELDS if f != "score"], f"environment {name}")
-        values[k] = _convert(k, raw, f"environment {name}")
-        sources[k] = f"environment {name}"
-    for k, raw in (flags or {}).items():
-        if raw is None:
-            continue
-        values[k] = _convert(k, raw, f"flag --{k.replace('_', '-')}")
-        sources[k] = f"flag --{k.replace('_', '-')}"
+    values, sources = gather(_FIELDS, file, env, flags, ENV_PREFIX, _convert,
+                             file_only=("score",), env_ignored=is_service_link)
     if known:
         _check_known(values, sources, known)
-    try:
-        return Config(**values)
-    except ConfigError as e:
-        src = sources.get(e.key.split(".")[0])
-        if src and "(from " not in str(e):
-            raise ConfigError(e.key, e.value, e.allowed, src) from None
-        raise
+    return build(Config, values, sources)

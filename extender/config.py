@@ -4,34 +4,23 @@ Every key can be set in the YAML file (same name), by ``EBPF_EDGE_EXTENDER_<KEY>
 and, for the common ones, by a flag; flags win. An invalid value raises :class:`ConfigError`
 naming the key, the bad value, where it came from and what is allowed; the CLI exits 2.
 
-The loading style is the agent's (agent/config.py); the few lines it needs are duplicated here
-rather than shared, so this program never imports the agent's configuration.
+Loading (file, environment, flags, error messages) is the small utility both programs share,
+agent/configload.py; this program never imports the agent's own configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from agent.configload import ConfigError, build, convert, field_default, gather, unknown_key
+
 ENV_PREFIX = "EBPF_EDGE_EXTENDER_"
 DEFAULT_PORT = 8888
 POLICIES = ("node-score", "seed004")
-
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, value: Any, allowed: str, source: str = "",
-                 unknown: bool = False) -> None:
-        self.key, self.value, self.allowed = key, value, allowed
-        where = f" (from {source})" if source else ""
-        if unknown:
-            super().__init__(f"{key}: unknown key{where}; {allowed}")
-        else:
-            super().__init__(f"{key}: {value!r} is not valid{where}: {allowed}")
 
 
 def default_schema_file() -> Path:
@@ -116,7 +105,7 @@ def validate(c: ExtenderConfig) -> None:
     known = _default_seed004()
     for k, v in c.seed004.items():
         if k not in known:
-            raise _unknown(str(k), known, "", "seed004.")
+            raise unknown_key(str(k), known, "", "seed004.")
         _num(f"seed004.{k}", v, -1e9 if k == "high_priority_threshold" else 0, 1e9)
     if c.seed004.get("latency_target_ms", 1) <= 0:
         raise ConfigError("seed004.latency_target_ms", c.seed004["latency_target_ms"], "a number > 0")
@@ -129,98 +118,24 @@ _FIELDS = {f.name: f for f in dataclasses.fields(ExtenderConfig)}
 
 def _convert(key: str, raw: Any, source: str) -> Any:
     """A value from YAML (typed) or env/flags (strings) -> the field's type."""
-    f = _FIELDS[key]  # the default without building (and validating) a whole config
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    try:
-        if key == "seed004":
-            if not isinstance(raw, dict):
-                raise ValueError
-            merged = dict(default)
-            for k, v in raw.items():
-                if str(k) not in default:
-                    raise _unknown(str(k), default, source, "seed004.")
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise ConfigError(f"seed004.{k}", v, "a number", source)
-                merged[str(k)] = float(v)
-            return merged
-        if isinstance(default, bool):
-            raise ValueError  # no boolean keys yet
-        if isinstance(default, int):
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            return int(raw)
-        if isinstance(default, float):
-            if isinstance(raw, bool):
-                raise ValueError
-            return float(raw)
-        if isinstance(default, str):
-            if not isinstance(raw, (str, int)) or isinstance(raw, bool):
-                raise ValueError
-            return str(raw)
-        if isinstance(default, Path):
-            if not isinstance(raw, str) or not raw:
-                raise ValueError
-            return Path(raw)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError):
-        kind = {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
-            type(default), "a path" if isinstance(default, Path) else type(default).__name__)
-        raise ConfigError(key, raw, kind, source) from None
-    return raw
-
-
-def _unknown(key: str, known, source: str, prefix: str = "") -> ConfigError:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"did you mean {prefix + close[0]!r}? " if close else ""
-    return ConfigError(prefix + key, None, f"{hint}known keys: {', '.join(sorted(known))}",
-                       source, unknown=True)
+    default = field_default(ExtenderConfig, key)
+    if key != "seed004":
+        return convert(key, raw, default, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(key, raw, "a mapping", source)
+    merged = dict(default)
+    for k, v in raw.items():
+        if str(k) not in default:
+            raise unknown_key(str(k), default, source, "seed004.")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"seed004.{k}", v, "a number", source)
+        merged[str(k)] = float(v)
+    return merged
 
 
 def load_config(file: str | None = None, env: Mapping[str, str] | None = None,
                 flags: Mapping[str, Any] | None = None) -> ExtenderConfig:
     """Build the config; ``flags`` holds only the flags given on the command line."""
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    if file:
-        import yaml
-
-        try:
-            text = Path(file).read_text()
-        except OSError as e:
-            raise ConfigError("config", file, f"a readable YAML file ({e.strerror})") from None
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError("config", file, f"valid YAML ({str(e).splitlines()[0]})") from None
-        doc = {} if doc is None else doc
-        if not isinstance(doc, dict):
-            raise ConfigError("config", file, "a YAML mapping of keys to values")
-        for k, v in doc.items():
-            k = str(k)
-            if k not in _FIELDS:
-                raise _unknown(k, _FIELDS, file)
-            values[k] = _convert(k, v, file)
-            sources[k] = file
-    env = os.environ if env is None else env
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        k = name[len(ENV_PREFIX):].lower()
-        if k not in _FIELDS or k == "seed004":
-            raise _unknown(k, [f for f in _FIELDS if f != "seed004"], f"environment {name}")
-        values[k] = _convert(k, raw, f"environment {name}")
-        sources[k] = f"environment {name}"
-    for k, raw in (flags or {}).items():
-        if raw is None:
-            continue
-        src = f"flag --{k.replace('_', '-')}"
-        values[k] = _convert(k, raw, src)
-        sources[k] = src
-    try:
-        return ExtenderConfig(**values)
-    except ConfigError as e:
-        src = sources.get(e.key.split(".")[0])
-        if src and "(from " not in str(e):
-            raise ConfigError(e.key, e.value, e.allowed, src) from None
-        raise
+    values, sources = gather(_FIELDS, file, env, flags, ENV_PREFIX, _convert,
+                             file_only=("seed004",))
+    return build(ExtenderConfig, values, sources)
