@@ -25,6 +25,23 @@ def _as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _wait_holding(proc: subprocess.Popen, seconds: float = 60) -> dict:
+    """What a child running a lab printed on its ``HOLDING {json}`` line, once it holds it;
+    every pid it names must be alive."""
+    held, lines = None, []
+    deadline = time.monotonic() + seconds
+    while held is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "HOLDING " in line:
+            held = json.loads(line.split("HOLDING ", 1)[1])
+    assert held, "".join(lines)
+    assert all(_alive(p) for p in held["pids"])
+    return held
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -43,17 +60,7 @@ def test_interrupted_run_leaves_nothing_behind(how):
                             text=True, preexec_fn=_as_from_a_terminal)
     held = None
     try:
-        deadline = time.monotonic() + 60
-        lines = []
-        while held is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "HOLDING " in line:
-                held = json.loads(line.split("HOLDING ", 1)[1])
-        assert held, "".join(lines)
-        assert all(_alive(p) for p in held["pids"])
+        held = _wait_holding(proc)
         if how != "timeout":
             proc.send_signal(getattr(signal, how))
         out, _ = proc.communicate(timeout=60)

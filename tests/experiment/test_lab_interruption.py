@@ -1,17 +1,15 @@
 """A relay lab interrupted by SIGTERM or SIGINT (as conftest maps them: KeyboardInterrupt)
 leaves no namespace, TUN device or process behind."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_interruption import _alive, _as_from_a_terminal
+from tests.e2e.test_interruption import _alive, _as_from_a_terminal, _wait_holding
 
 pytestmark = pytest.mark.bpf
 if os.geteuid() != 0:
@@ -29,17 +27,7 @@ def test_interrupted_lab_leaves_nothing_behind(how):
         preexec_fn=_as_from_a_terminal)
     held = None
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while held is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "HOLDING " in line:
-                held = json.loads(line.split("HOLDING ", 1)[1])
-        assert held, "".join(lines)
-        assert all(_alive(p) for p in held["pids"])
+        held = _wait_holding(proc)
         proc.send_signal(getattr(signal, how))
         out, _ = proc.communicate(timeout=60)
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
