@@ -135,6 +135,22 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _probe_tree_ok(config: Config) -> bool:
+    from agent.probes.base import PROBE_HEADERS
+
+    return (config.bpf_dir / PROBE_HEADERS / "include").is_dir()
+
+
+def _probe_tree_text(config: Config) -> str:
+    from agent.probes.base import PROBE_HEADERS
+
+    tree = config.bpf_dir / PROBE_HEADERS
+    if not _probe_tree_ok(config):
+        return f"absent ({tree}): the probes compile against the kernel headers below"
+    return (f"{tree} (first choice: the probes read only tracepoint fields, laid out by the "
+            "running kernel's format files, so no kernel's headers are needed)")
+
+
 def check_kernel(config: Config) -> tuple[list[tuple[str, str]], dict[str, bool], dict]:
     """Lines (feature, finding), whether each configured probe can run, and all as a dict."""
     from agent.probes.base import ProbeUnsupported
@@ -146,7 +162,10 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], dict[str, bool]
         ("kernel", k.release),
         ("tracefs", str(k.tracefs) if k.tracefs else f"not mounted ({_hint('tracefs', where)})"),
         ("btf", str(k.btf_path) if k.btf_path else "absent"),
-        ("kernel headers", k.headers.describe()),
+        ("probe header tree", _probe_tree_text(config)),
+        ("kernel headers", k.headers.describe() + (
+            " (the fallback: only a probe whose tracepoint formats the probe header tree "
+            "cannot compile needs them)" if _probe_tree_ok(config) else "")),
         ("bcc python module", bcc_text),
         ("bpf permission", "yes" if k.bpf_permitted else
          f"no: {k.bpf_permission_detail} ({_hint('permission', where)})"),
@@ -176,7 +195,7 @@ def check_kernel(config: Config) -> tuple[list[tuple[str, str]], dict[str, bool]
                 problems.append("bcc not importable")
             if not k.bpf_permitted:
                 problems.append("no permission to load BPF")
-            if k.headers.kind == "none":
+            if k.headers.kind == "none" and not _probe_tree_ok(config):
                 problems.append(f"no kernel headers at {k.headers.path} ({_hint('headers', where)})")
             ok = not problems
             verdict = "can run" if ok else "cannot run: " + "; ".join(problems)

@@ -29,6 +29,7 @@ from agent.kube.parse import standalone_node
 from agent.model import (NodeReport, NodeResources, PodSample, ProbeSnapshot, ProbeState,
                          ProbeStateKind, window)
 from agent.probes.base import Probe, ProbeUnsupported
+from agent.probes.loader import CompileFailed, CompileRequest, compile_batch
 from agent.procfs import (CpuTimes, cpu_utilization, parse_meminfo, parse_proc_stat,
                           read_netns_tcp, tcp_window)
 from agent.report import build_report
@@ -80,17 +81,27 @@ class ProbeSet:
 
     def _start(self, slot: _Slot) -> None:
         """Start one probe; called without the lock (a compile takes seconds)."""
+        if self._guarded(slot, slot.probe.start):
+            self._up(slot)
+
+    def _guarded(self, slot: _Slot, fn: Callable[[], object]) -> bool:
+        """Run one step of a probe's start; False (and the probe unsupported or down with the
+        reason) when it raised."""
         p = slot.probe
         try:
-            p.start()
+            fn()
         except ProbeUnsupported as e:
             with self._lock:
                 slot.state = ProbeState(p.name, ProbeStateKind.UNSUPPORTED, str(e), self._detail(p))
             log.warning("probe %s unsupported on this kernel: %s", p.name, e, extra={"probe": p.name})
-            return
+            return False
         except Exception as e:  # noqa: BLE001 - the guard: one probe never stops the rest
             self._fail(slot, f"start failed: {e}")
-            return
+            return False
+        return True
+
+    def _up(self, slot: _Slot) -> None:
+        p = slot.probe
         with self._lock:
             if self._closed:  # close_all ran while this start was compiling
                 p.close()
@@ -115,8 +126,31 @@ class ProbeSet:
                 log.debug("probe %s: close after failure: %s", slot.probe.name, e)
 
     def start_all(self) -> dict[str, ProbeState]:
+        """Start every probe. Those compiled by a child (``compile_request``/``adopt``) share one
+        child that compiles them one after another, each up as soon as it is attached (one
+        interpreter and LLVM start-up instead of one per probe); any other starts alone."""
+        batches: dict[tuple, list[tuple[_Slot, CompileRequest]]] = {}
         for slot in self._slots.values():
-            self._start(slot)
+            p = slot.probe
+            if not hasattr(p, "compile_request"):
+                self._start(slot)
+                continue
+            reqs: list[CompileRequest] = []
+            if self._guarded(slot, lambda: reqs.append(p.compile_request())):
+                key = (tuple(getattr(p, "child_argv", None) or ()), p.config.compile_timeout)
+                batches.setdefault(key, []).append((slot, reqs[0]))
+        for (argv, timeout), items in batches.items():
+            slots = {req.name: slot for slot, req in items}
+
+            def handed_over(name: str, result, slots=slots) -> None:
+                slot = slots[name]
+                p = slot.probe
+                if isinstance(result, CompileFailed):
+                    self._fail(slot, f"start failed: {p.compile_failed(result)}")
+                elif self._guarded(slot, lambda: p.adopt(result)):
+                    self._up(slot)
+
+            compile_batch([req for _, req in items], timeout, handed_over, list(argv) or None)
         return self.states
 
     def retry_due(self) -> None:

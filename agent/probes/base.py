@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol
 
 from agent.model import Histogram, ProbeSnapshot
 from agent.probes.bpfmaps import BpfMap, Maps, check_contract
-from agent.probes.loader import CompileFailed, Loaded, compile_in_child
+from agent.probes.loader import (CompileFailed, CompileRequest, HeaderTree, Loaded,
+                                 compile_in_child)
 from agent.probes.spec import MapSpec, ProbeSpec
 from agent.stats.histogram import SlotLayout
 
@@ -24,6 +25,18 @@ if TYPE_CHECKING:
     from agent.kernel import KernelInfo
 
 log = logging.getLogger(__name__)
+
+
+PROBE_HEADERS = "probe-headers"  # below bpf_dir: the probes' own header tree
+
+
+def version_code(release: str) -> int:
+    """LINUX_VERSION_CODE of a release string ("6.18.44-fc-v1045" -> 6.18.44); 0 if unreadable."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release or "")
+    if not m:
+        return 0
+    a, b, c = (int(x or 0) for x in m.groups())
+    return (a << 16) + (b << 8) + min(c, 255)
 
 
 class ProbeUnsupported(Exception):
@@ -154,27 +167,56 @@ class BccProbe:
         tree = getattr(self.kernel.headers, "bcc_source", None)
         return {"BCC_KERNEL_SOURCE": str(tree)} if tree else {}
 
-    def start(self) -> None:
-        """Compile, load and attach in a child (``agent.probes.loader``), then hold what it
-        handed over and check the declared contract against the kernel's own values."""
-        if self._loaded is not None:
-            return
+    def compile_request(self) -> CompileRequest:
+        """What the compiling child needs; raises ProbeUnsupported or ProbeError (no child
+        is started then)."""
         self.check_supported()
         if not self.kernel.bpf_permitted:
             raise ProbeError(f"not permitted to load BPF: {self.kernel.bpf_permission_detail}")
         src = self.config.bpf_dir / self.spec.source
         if not src.is_file():
             raise ProbeError(f"BPF source {src} not found")
+        return CompileRequest(self.name, load_source(src), tuple(self.cflags()),
+                              tuple(m.name for m in self.spec.maps), self.header_trees())
+
+    def header_trees(self) -> tuple[HeaderTree, ...]:
+        """The probes' own minimal tree first (``bpf/probe-headers``: the same instructions as
+        with a kernel's tree, compiled ~10x faster; see its linux/kconfig.h), then the kernel
+        header tree the detection chose (agent.kernel.HeaderInfo), for a kernel whose formats
+        need a type the minimal tree lacks."""
+        kernel_tree = HeaderTree(f"kernel ({self.kernel.headers.kind})", self.compile_env())
+        own = self.config.bpf_dir / PROBE_HEADERS
+        if not (own / "include").is_dir():
+            return (kernel_tree,)
+        return (HeaderTree(PROBE_HEADERS, {"BCC_KERNEL_SOURCE": str(own.resolve())},
+                           (f"-DLINUX_VERSION_CODE={version_code(self.kernel.release)}",)),
+                kernel_tree)
+
+    def start(self) -> None:
+        """Compile, load and attach in a child (``agent.probes.loader``), then hold what it
+        handed over and check the declared contract against the kernel's own values."""
+        if self._loaded is not None:
+            return
+        req = self.compile_request()
         try:
-            loaded = compile_in_child(self.name, load_source(src), self.cflags(),
-                                      [m.name for m in self.spec.maps],
-                                      timeout=self.config.compile_timeout,
-                                      env=self.compile_env(), argv=self.child_argv)
+            loaded = compile_in_child(req, self.config.compile_timeout, argv=self.child_argv)
         except CompileFailed as e:
-            detail = str(e)
-            if self.kernel.headers.kind == "none":
-                detail += f" | no kernel headers at {self.kernel.headers.path}"
-            raise ProbeError(detail) from None
+            raise self.compile_failed(e) from None
+        self.adopt(loaded)
+
+    def compile_failed(self, e: CompileFailed) -> ProbeError:
+        """The down reason for a failed compile (with what is missing when nothing is)."""
+        detail = str(e)
+        if self.kernel.headers.kind == "none":
+            detail += f" | no kernel headers at {self.kernel.headers.path}"
+        return ProbeError(detail)
+
+    def adopt(self, loaded: Loaded) -> None:
+        """Hold what a compiling child handed over (this probe owns it from here, also when
+        this raises ProbeError: the contract check failed, and everything is closed)."""
+        if self._loaded is not None:
+            loaded.close()
+            return
         maps: dict[str, BpfMap] = {}
         try:
             for n in list(loaded.maps):
@@ -189,6 +231,8 @@ class BccProbe:
             log.debug("probe %s: compiler output: %s", self.name, loaded.diag.strip(),
                       extra={"probe": self.name})
         self.detail["load_seconds"] = f"{loaded.seconds:.2f}"
+        if loaded.tree:
+            self.detail["header_tree"] = loaded.tree
         if loaded.child_rss_hwm_kb:
             self.detail["compile_peak_rss_mib"] = f"{loaded.child_rss_hwm_kb / 1024:.0f}"
         log.info("probe %s: loaded and attached to %s in %.2fs (compiled in child %d)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from agent.model import ProbeStateKind
 from agent.probes import registry
 from agent.probes.base import ProbeError
 from agent.probes.bpfmaps import prog_info, prog_loaded
+from agent.probes.runqlat import RunqlatProbe
 from agent.probes.skb_drop import SkbDropProbe
 from agent.sampler import ProbeSet
 from tests.bpf.conftest import require_tracepoint
@@ -198,6 +200,131 @@ def test_child_killed_mid_compile_leaves_nothing_loaded_and_the_retry_brings_it_
     while time.monotonic() < deadline and any(prog_loaded(i) for i in ids):
         time.sleep(0.05)
     assert not any(prog_loaded(i) for i in ids)  # closing the probe frees its programs
+
+
+def _batch(kernel, names=("skb_drop", "tcp_retrans", "runqlat")):
+    for tp in ("skb:kfree_skb", "tcp:tcp_retransmit_skb", "sched:sched_switch"):
+        require_tracepoint(kernel, tp)
+    probes = registry.build(Config(probes=names), kernel)
+    return probes, ProbeSet(probes, clock=time.monotonic, retry_first=0.0)
+
+
+def test_start_compiles_every_probe_in_one_child_and_each_is_up_when_attached(kernel):
+    """The start-up batch: one child for all (one interpreter, one LLVM start-up), each probe
+    handed over and counting before the next one is compiled."""
+    probes, ps = _batch(kernel)
+    seen_up: dict[str, list[str]] = {}  # probe -> the probes already up when it came up
+    orig = ps._up
+
+    def up(slot):
+        seen_up[slot.probe.name] = sorted(n for n, s in ps.states.items()
+                                          if s.state is ProbeStateKind.UP)
+        orig(slot)
+
+    ps._up = up
+    try:
+        st = ps.start_all()
+        assert all(s.state is ProbeStateKind.UP for s in st.values()), st
+        pids = {p._loaded.child_pid for p in probes}
+        assert len(pids) == 1, pids  # one compiling child for the three
+        order = [p.name for p in probes]  # the registry's order
+        assert seen_up == {n: sorted(order[:i]) for i, n in enumerate(order)}
+        time.sleep(0.3)
+        assert sum(h.count for h in probes[2].read().hists.values()) > 0  # runqlat counts
+        # each probe has its own compile time and the child's peak when it was handed over
+        assert all(float(p.detail["load_seconds"]) > 0 for p in probes)
+        assert all(int(p.detail["compile_peak_rss_mib"]) > 0 for p in probes)
+    finally:
+        ps.close_all()
+
+
+def test_child_killed_mid_batch_keeps_the_probes_handed_over_and_the_rest_come_back(kernel):
+    """SIGKILL of the start-up child after it handed over the first probe: that one stays up,
+    the one being compiled is down with the signal, the later one down as not compiled, nothing
+    of the killed child's stays loaded, and the retries bring both back (one child each)."""
+    probes, ps = _batch(kernel)
+    first, second, third = (p.name for p in probes)  # the registry's order
+    before = _all_prog_ids()
+    killed = []
+
+    def kill_after_first():
+        deadline = time.monotonic() + 300  # emulated kernels: 20-50 s a compile
+        while time.monotonic() < deadline:
+            if ps.states[first].state is ProbeStateKind.UP:
+                for c in _children_of(os.getpid()):
+                    try:
+                        cmd = Path(f"/proc/{c}/cmdline").read_bytes()
+                    except OSError:
+                        continue
+                    if b"compile_child.py" in cmd:
+                        os.kill(c, signal.SIGKILL)
+                        killed.append(c)
+                        return
+            time.sleep(0.002)
+
+    t = threading.Thread(target=kill_after_first)
+    t.start()
+    try:
+        ps.start_all()
+        t.join()
+        assert killed, "the compiling child was never seen after the first hand-over"
+        st = ps.states
+        assert st[first].state is ProbeStateKind.UP, st
+        assert st[second].state is ProbeStateKind.DOWN, st
+        assert "killed by SIGKILL" in st[second].reason, st
+        assert st[third].state is ProbeStateKind.DOWN, st
+        assert st[third].reason.startswith(
+            f"start failed: not compiled: the compiling child stopped at {second}"), st
+        time.sleep(0.5)
+        leaked = {i for i in _all_prog_ids() - before if i not in _held_prog_ids()}
+        assert leaked == set()
+        ps.retry_due()
+        assert all(s.state is ProbeStateKind.UP for s in ps.states.values()), ps.states
+        assert probes[1]._loaded.child_pid != probes[2]._loaded.child_pid  # a child each
+    finally:
+        ps.close_all()
+
+
+def _dump(name: str, mode: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "bpf" / "compile_dump.py"), name,
+                          mode], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_probe_header_tree_compiles_the_same_instructions_as_the_kernel_tree(kernel, name):
+    """bpf/probe-headers with /proc/kallsyms skipped (the child's fast path) against the kernel
+    header tree as root (BCC as it comes): every program of the probe is the same, instruction
+    for instruction (map descriptors aside), on this kernel's tracepoint formats."""
+    for tp in registry.PROBES[name][0].tracepoints:
+        require_tracepoint(kernel, tp)
+    if kernel.headers.kind == "none":
+        pytest.skip(f"no kernel header tree on this machine to compare with ({kernel.headers.path})")
+    fast, plain = _dump(name, "probe"), _dump(name, "kernel")
+    assert fast["tree"] == "probe-headers" and plain["tree"].startswith("kernel")
+    assert fast["progs"] and fast["progs"] == plain["progs"]
+    if os.geteuid() == 0:
+        assert fast["euid"] == 65534 and fast["skip_kallsyms"] == "done", fast
+
+
+def test_a_probe_the_own_tree_cannot_compile_falls_back_to_the_kernel_tree(kernel, tmp_path):
+    """A format type the minimal tree lacks (here: pid_t removed from it) is a compile error
+    there; the child compiles with the kernel's tree instead and says so."""
+    require_tracepoint(kernel, "sched:sched_switch")
+    if kernel.headers.kind == "none":
+        pytest.skip(f"no kernel header tree to fall back to ({kernel.headers.path})")
+    bpf = tmp_path / "bpf"
+    shutil.copytree(ROOT / "bpf", bpf)
+    types = bpf / "probe-headers" / "include" / "linux" / "types.h"
+    types.write_text(types.read_text().replace("typedef int pid_t;", ""))
+    p = RunqlatProbe(Config(bpf_dir=bpf), kernel)
+    try:
+        p.start()
+        assert p.started and p.detail["header_tree"] == f"kernel ({kernel.headers.kind})"
+        assert "pid_t" in p._loaded.diag  # the first tree's error is kept in the compiler output
+    finally:
+        p.close()
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,9 @@ def test_delivers_payload_to_metrics_report(ext):
         p.offer({"sequence": 1, "node_name": "n"})
         assert wait_for(lambda: ext.received)
         assert ext.received[0] == {"sequence": 1, "node_name": "n"}
-        assert p.delivered == 1 and p.last_delivered_sequence == 1 and not p.pending
+        # the stub has the body before the pusher has read the answer: wait for that too
+        assert wait_for(lambda: p.delivered == 1)
+        assert p.last_delivered_sequence == 1 and not p.pending
     finally:
         p.stop()
 
