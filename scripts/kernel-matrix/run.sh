@@ -11,9 +11,12 @@
 # slower, not faster: check-kernel took ~100 s per guest instead of 16 s (9p and CPU contention,
 # with other work on the host).
 #
+# KMATRIX_GUEST_TIMEOUT=SECONDS bounds one guest (default 1800; a quiet machine needs 200-340 s
+# per guest, one loaded by other work more than 900).
+#
 # KMATRIX_VNG=PATH boots with that vng instead of the one installed into the cache's venv (the
 # interruption test uses a stand-in). Interrupted (SIGTERM, SIGINT, SIGHUP) or finished, the
-# script stops every process it started, guests included: a QEMU guest under its own 900 s
+# script stops every process it started, guests included: a QEMU guest under its own timeout
 # timeout would otherwise go on using the CPUs for minutes after make was stopped.
 set -euo pipefail
 
@@ -25,6 +28,7 @@ VENV=$CACHE/vng-venv
 VNG_VERSION=${VNG_VERSION:-1.42}
 VNG=${KMATRIX_VNG:-$VENV/bin/vng}
 JOBS=${KMATRIX_JOBS:-1}
+GUEST_TIMEOUT=${KMATRIX_GUEST_TIMEOUT:-1800}
 RESULTS=$REPO/tests/kernels/results
 SUITES=("$@")
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(bullseye bookworm trixie host)
@@ -199,7 +203,7 @@ boot_suite() {
   local t0=$SECONDS
   # vng runs virtme-run through the shell (venv bin on PATH); its exit status means nothing
   # (255 whatever the guest did): the guest writes its results and a DONE marker into $out.
-  PATH="$VENV/bin:$REPO/.venv/bin:$PATH" timeout 900 "$VNG" --run "$kimg" \
+  PATH="$VENV/bin:$REPO/.venv/bin:$PATH" timeout "$GUEST_TIMEOUT" "$VNG" --run "$kimg" \
       --disable-kvm --force-9p --memory 1G --cpus 2 -v --rwdir "$out" \
       --exec "sh $out/guest-run.sh $out $REPO $moddir" \
       > "$CACHE/$suite/boot.log" 2>&1 < /dev/null || true
