@@ -1,5 +1,5 @@
-"""The lean agent (issue 16): memory, start times and map read cost, side by side with the agent
-that compiles in process (main's checkout, when present), in one run.
+"""The lean agent (issue 16): memory, start times and map read cost, side by side with another
+build (``--before``: its console script, when present), in one run.
 
 - Steady RSS (VmRSS after three reports) and the agent's own peak (VmHWM) with 0 and 200
   fixture pods (Kubernetes off, cgroups from a generated tree); exec -> first report and
@@ -106,17 +106,19 @@ def measure_start(binary: str, interval: float = 10.0) -> dict:
 
 
 def measure_compile_and_reads(reads: int = 50) -> dict:
-    """In this process: each probe compiled in its child (the child's peak), then read."""
+    """In this process: every probe compiled as the agent starts them (one child, one after
+    another: each probe's time from the previous hand-over, the child's peak when it handed
+    it over, the header tree), then read."""
     from agent.config import Config
     from agent.probes import registry
+    from agent.sampler import ProbeSet
 
     config = Config()
     kernel = registry.detect_kernel(config)
     probes = registry.build(config, kernel)
     out: dict = {}
     try:
-        for p in probes:
-            p.start()
+        ProbeSet(probes).start_all()
         time.sleep(1.0)
         for p in probes:
             ts = []
@@ -126,6 +128,7 @@ def measure_compile_and_reads(reads: int = 50) -> dict:
                 ts.append(time.perf_counter() - s)
             out[p.name] = {"compile_s": float(p.detail.get("load_seconds", "nan")),
                            "child_peak_mib": int(p.detail.get("compile_peak_rss_mib", 0)),
+                           "tree": p.detail.get("header_tree", ""),
                            "read_ms_p50": round(statistics.median(ts) * 1000, 3)}
     finally:
         for p in probes:
@@ -137,7 +140,7 @@ def run(before: str | None, reps: int = 3) -> dict:
     lean = str(VENV_BIN / "ebpf-edge-agent")
     builds = {"lean": lean}
     if before and os.path.exists(before):
-        builds["in-process"] = before
+        builds["before"] = before
     res: dict = {"compile_and_reads": measure_compile_and_reads()}
     starts: dict[str, list[dict]] = {b: [] for b in builds}
     for rep in range(reps):  # alternated, the order reversed every repetition (a shared machine)
@@ -154,13 +157,14 @@ def run(before: str | None, reps: int = 3) -> dict:
 
 def print_table(res: dict) -> None:
     print("\n6. lean agent (issue 16): compile in a child, read maps with bpf(2)")
-    print(f"   {'probe':<12} {'compile s':>9} {'child peak MiB':>14} {'read ms p50':>11}")
+    print(f"   {'probe':<12} {'compile s':>9} {'child peak MiB':>14} {'read ms p50':>11}  header tree")
     for n, r in res["compile_and_reads"].items():
-        print(f"   {n:<12} {r['compile_s']:>9.2f} {r['child_peak_mib']:>14} {r['read_ms_p50']:>11}")
+        print(f"   {n:<12} {r['compile_s']:>9.2f} {r['child_peak_mib']:>14} {r['read_ms_p50']:>11}"
+              f"  {r.get('tree', '')}")
     print("   start: median of alternated runs (exec -> attached = first report - its window)")
     print(f"   {'build':<11} {'attached s':>10} {'1st report s':>12} {'1st window s':>12} "
           f"{'RSS 0 pods':>10} {'HWM':>6} {'RSS 200 pods':>12} {'HWM':>6}")
-    for b in ("lean", "in-process"):
+    for b in ("lean", "before"):
         if b not in res:
             continue
         s, m = res[b]["start"], res[b]["memory"]

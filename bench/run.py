@@ -7,8 +7,8 @@ goes, before vs after the probe rework on the same events (where_time_goes); 2. 
 (tax); 3. agent user-space cost (agent_cost, and report_cost for the pure report build);
 4. histogram accuracy (accuracy); 5. the scheduler extender (extender: ingestion, prioritize
 latency at 5,000 nodes, RSS; alone: python -m bench.extender); 6. the lean agent (bench.lean:
-RSS/peak at 0 and 200 pods, start times, compile peak, map read cost, beside main's in-process
-agent when /work/main has one); 7. peers on the same events (bench.peers: libbpf-tools', bcc's
+RSS/peak at 0 and 200 pods, start times, compile peak, map read cost, beside another build
+when /work/main has one); 7. peers on the same events (bench.peers: libbpf-tools', bcc's
 and bpftrace's runqlat and bpftrace one-liners, both attach orders). Ratios are taken within one run; absolute times drift on a
 shared machine.
 """
