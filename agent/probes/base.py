@@ -235,9 +235,9 @@ class BccProbe:
             self.detail["header_tree"] = loaded.tree
         if loaded.child_rss_hwm_kb:
             self.detail["compile_peak_rss_mib"] = f"{loaded.child_rss_hwm_kb / 1024:.0f}"
-        log.info("probe %s: loaded and attached to %s in %.2fs (compiled in child %d)",
+        log.info("probe %s: loaded and attached to %s in %.2fs (compiled in child %d against %s)",
                  self.name, ", ".join(loaded.events), loaded.seconds, loaded.child_pid,
-                 extra={"probe": self.name})
+                 loaded.tree or "BCC's default header tree", extra={"probe": self.name})
 
     def kernel_notes(self) -> list[tuple[str, str]]:
         """Extra (feature, finding) lines for check-kernel about what this probe uses."""

@@ -198,6 +198,10 @@ def test_image_builds_and_runs_with_the_daemonsets_grant(tmp_path):
         assert code == 200
         up = scrape(text, "ebpf_probe_up{")
         assert sorted(up.values()) == [1.0] * len(registry.names()), (up, logs.stderr[-3000:])
+        # every probe compiled against the image's own probe header tree: no kernel's needed
+        for n in registry.names():
+            assert f"probe {n}: loaded and attached" in logs.stderr, logs.stderr[-3000:]
+        assert logs.stderr.count("against probe-headers)") == len(registry.names()), logs.stderr[-3000:]
         assert scrape(text, "ebpf_tcp_rtt_seconds_count")["ebpf_tcp_rtt_seconds_count"] > 0
         assert scrape(text, "ebpf_runqlat_seconds_count")["ebpf_runqlat_seconds_count"] > 0
         drops = scrape(text, "ebpf_skb_drops_total{")
