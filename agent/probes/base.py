@@ -207,7 +207,7 @@ class BccProbe:
     def compile_failed(self, e: CompileFailed) -> ProbeError:
         """The down reason for a failed compile (with what is missing when nothing is)."""
         detail = str(e)
-        if self.kernel.headers.kind == "none":
+        if self.kernel.headers.kind == "none" and "Failed to compile" in detail:
             detail += f" | no kernel headers at {self.kernel.headers.path}"
         return ProbeError(detail)
 

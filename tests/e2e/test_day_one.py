@@ -7,12 +7,15 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from agent.probes import registry
 from tests.e2e.agent_proc import VENV_BIN, Agent, free_port, http_get
 from tests.unit.test_config import SERVICE_LINKS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.bpf
 if os.geteuid() != 0:
@@ -65,36 +68,64 @@ def test_node_without_tracefs_or_cgroup_tree_keeps_reporting(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
-def test_node_without_kernel_headers_reports_every_probe_down_with_the_reason():
+def _without_headers(*agent_args: str, env_extra=None) -> subprocess.Popen:
     """The agent in a mount namespace of its own where /lib/modules and /usr/src are empty: what
     a container-optimised node without headers looks like to BCC."""
-    rel = os.uname().release
     inner = ("mount --make-rprivate / && mount -t tmpfs none /lib/modules && "
              "mount -t tmpfs none /usr/src && exec \"$@\"")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EBPF_EDGE_AGENT_")}
-    port = free_port()
-    log = subprocess.Popen(
+    env.update(env_extra or {})
+    return subprocess.Popen(
         ["unshare", "-m", "sh", "-c", inner, "sh", str(VENV_BIN / "ebpf-edge-agent"), "run",
-         "--listen", f"127.0.0.1:{port}", "--kubernetes", "off", "--sample-interval", "1"],
+         "--kubernetes", "off", "--sample-interval", "1", *agent_args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        def all_down():
-            try:
-                code, body = http_get(base + "/readyz", 2)
-            except OSError:
-                return None
-            lines = [ln for ln in body.splitlines() if ln.startswith("probe ")]
-            return body if code == 200 and len(lines) == len(registry.names()) and all(": down (" in ln for ln in lines) else None
 
-        body = wait_for(all_down, timeout=90)
-        assert body.count(f"no kernel headers at /lib/modules/{rel}/build") == len(registry.names()), body
-        assert os.path.isdir(f"/lib/modules/{rel}/build/include")  # the host's are untouched
-        assert log.poll() is None
+
+def _probe_lines(base: str, want: str):
+    try:
+        code, body = http_get(base + "/readyz", 2)
+    except OSError:
+        return None
+    lines = [ln for ln in body.splitlines() if ln.startswith("probe ")]
+    ok = len(lines) == len(registry.names()) and all(
+        want in ln and "not started yet" not in ln for ln in lines)
+    return body if ok else None
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+def test_node_without_kernel_headers_gets_every_probe_up_on_the_probe_header_tree(tmp_path):
+    """No kernel headers at all: every probe compiles against bpf/probe-headers and is up. And
+    without that tree too (a bpf_dir lacking it), every probe is down with the reason."""
+    rel = os.uname().release
+    port = free_port()
+    proc = _without_headers("--listen", f"127.0.0.1:{port}")
+    try:
+        body = wait_for(lambda: _probe_lines(f"http://127.0.0.1:{port}", ": up"), timeout=90)
+        assert body, "not every probe came up"
+        assert proc.poll() is None
     finally:
-        log.terminate()
-        try:
-            log.wait(10)
-        except subprocess.TimeoutExpired:
-            log.kill()
-            log.wait()
+        out = _stop(proc)
+    assert out.count("against probe-headers)") == len(registry.names()), out[-3000:]
+    assert os.path.isdir(f"/lib/modules/{rel}/build/include")  # the host's are untouched
+
+    bare = tmp_path / "bpf"
+    shutil.copytree(ROOT / "bpf", bare, ignore=shutil.ignore_patterns("probe-headers"))
+    port = free_port()
+    proc = _without_headers("--listen", f"127.0.0.1:{port}",
+                            env_extra={"EBPF_EDGE_AGENT_BPF_DIR": str(bare)})
+    try:
+        body = wait_for(lambda: _probe_lines(f"http://127.0.0.1:{port}", ": down ("), timeout=90)
+        assert body, "not every probe went down"
+        assert body.count(f"no kernel headers at /lib/modules/{rel}/build") == len(registry.names()), body
+        assert proc.poll() is None
+    finally:
+        _stop(proc)
