@@ -50,8 +50,15 @@ descendants() {
 # run's pytest): TERM first, KILL what is left after 5 s. The list is taken before any signal,
 # so a child orphaned by its parent's death is still on it.
 stop_children() {
-  local pids left i
+  local pids left i g f
   pids=$(descendants $$)
+  for f in "$GUESTS"/*; do  # guests' process groups (timeout's pgid is its pid), see boot_suite
+    [ -f "$f" ] || continue
+    g=$(cat "$f" 2>/dev/null || true)
+    [ -n "$g" ] && pids="$pids $(pgrep -g "$g" 2>/dev/null | tr '\n' ' ')"
+    rm -f "$f"
+  done
+  pids=$(echo $pids | tr ' ' '\n' | sort -u | xargs)
   [ -n "$pids" ] || return 0
   log "stopping $(echo $pids | wc -w) process(es) this run started (guests included)"
   kill -TERM $pids 2>/dev/null || true
@@ -70,11 +77,12 @@ stop_children() {
     sleep 0.1
   done
 }
-trap stop_children EXIT
+GUESTS=$CACHE/guests.$$  # one file per running guest: the pid of its timeout
+trap 'stop_children; rm -rf "$GUESTS"' EXIT
 trap 'log "interrupted (SIGTERM)"; exit 143' TERM
 trap 'log "interrupted (SIGINT)"; exit 130' INT
 trap 'log "interrupted (SIGHUP)"; exit 129' HUP
-mkdir -p "$CACHE" "$RESULTS"
+mkdir -p "$CACHE" "$RESULTS" "$GUESTS"
 
 # ---------------------------------------------------------------------------- tools
 ensure_tools() {
@@ -203,10 +211,17 @@ boot_suite() {
   local t0=$SECONDS
   # vng runs virtme-run through the shell (venv bin on PATH); its exit status means nothing
   # (255 whatever the guest did): the guest writes its results and a DONE marker into $out.
+  # timeout puts itself and the guest in a process group of their own; its pid is recorded, so
+  # stop_children reaches the guest even when this boot's subshell was signalled too (a signal
+  # to the whole job) and died before the main script looked for its descendants
   PATH="$VENV/bin:$REPO/.venv/bin:$PATH" timeout "$GUEST_TIMEOUT" "$VNG" --run "$kimg" \
       --disable-kvm --force-9p --memory 1G --cpus 2 -v --rwdir "$out" \
       --exec "sh $out/guest-run.sh $out $REPO $moddir" \
-      > "$CACHE/$suite/boot.log" 2>&1 < /dev/null || true
+      > "$CACHE/$suite/boot.log" 2>&1 < /dev/null &
+  local guest=$!
+  echo "$guest" > "$GUESTS/$suite"
+  wait "$guest" || true
+  rm -f "$GUESTS/$suite"
   local took=$((SECONDS - t0))
   log "$suite: guest finished after ${took}s (console: $CACHE/$suite/boot.log)"
   if [ ! -f "$out/DONE" ]; then

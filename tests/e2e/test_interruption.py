@@ -107,10 +107,19 @@ wait
 
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_interrupted_matrix_stops_its_guests(tmp_path, sig):
+def _own_group_from_a_terminal() -> None:
+    os.setpgrp()
+    _as_from_a_terminal()
+
+
+@pytest.mark.parametrize("sig,whole_job", [("SIGTERM", False), ("SIGINT", False),
+                                           ("SIGTERM", True)])
+def test_interrupted_matrix_stops_its_guests(tmp_path, sig, whole_job):
     """run.sh interrupted while a guest runs: the guest (which ignores SIGTERM) is gone within
-    seconds, not left running under its own timeout (KMATRIX_GUEST_TIMEOUT)."""
+    seconds, not left running under its own timeout (KMATRIX_GUEST_TIMEOUT). Also when the
+    signal goes to the whole job (``kill -- -PGID``), so the boot's own subshell dies with the
+    script: the guest sits in the process group timeout makes, which that reaches only through
+    the pid run.sh recorded."""
     if shutil.which("pgrep") is None:
         pytest.skip("run.sh needs pgrep (procps)")
     cache = tmp_path / "cache"
@@ -126,7 +135,7 @@ def test_interrupted_matrix_stops_its_guests(tmp_path, sig):
                KMATRIX_TEST_DIR=str(tmp_path), DEBIAN_MIRROR="http://127.0.0.1:9/debian")
     proc = subprocess.Popen(["bash", str(REPO / "scripts/kernel-matrix/run.sh"), "bookworm"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_as_from_a_terminal)
+                            preexec_fn=_own_group_from_a_terminal if whole_job else _as_from_a_terminal)
     pidfile = tmp_path / "guest.pid"
     guest, out = None, ""
     try:
@@ -137,7 +146,10 @@ def test_interrupted_matrix_stops_its_guests(tmp_path, sig):
         guest = int(pidfile.read_text())
         assert _alive(guest)
         t0 = time.monotonic()
-        proc.send_signal(getattr(signal, sig))
+        if whole_job:
+            os.killpg(proc.pid, getattr(signal, sig))
+        else:
+            proc.send_signal(getattr(signal, sig))
         out, _ = proc.communicate(timeout=30)
         took = time.monotonic() - t0
     finally:
