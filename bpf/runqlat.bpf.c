@@ -34,14 +34,15 @@
  * and rows x slots x CPUs is the probe's largest memory.
  *
  * The node histogram and the rows are plain arrays indexed by CPU rather than per-CPU maps: a
- * per-CPU map's lookup reads its pointer table first, one more (cold) cache line per event, and
- * on this VM that line cost about as much as the whole per-cgroup attribution (BENCHMARKS.md,
- * section 6). Only sched_switch writes them, with interrupts off, so one CPU's part of an array
- * has one writer at a time.
+ * per-CPU map's lookup reads its pointer table first, one more (cold) cache line per event,
+ * measured at ~30 ns a switch for the node histogram on this VM (BENCHMARKS.md, section 6).
+ * Only sched_switch writes them, with interrupts off, so one CPU's part of an array has one
+ * writer at a time.
  *
  * Maps: runq_enqueued_at (pid % RUNQ_MAX_TASKS -> {ts ns, pid, cgroup row, row valid until};
  *       collisions counted in lost_events), runq_latency_hist (by CPU and slot: {count, sum ns}),
- *       runq_cpu_state (by CPU: {latency, pid, row slot} pending, the cgroup row cache),
+ *       runq_cpu_state (by CPU: the pending {latency, pid, coarse slot, switch-in time}, the
+ *       cgroup row cache),
  *       runq_cgroup_words (by CPU and cgroup row: {sum ns, count by coarse slot}),
  *       runq_cgroup_misses (per-CPU [no row, pid mismatch]).
  */
