@@ -208,8 +208,9 @@ def run(seconds: float, ref: str, tree_first: bool = False, peer: str | None = N
             flags = probe.cflags() + ([] if probe.spec.hist else HIST_FALLBACK)
             for name, text in variants.items():
                 load(tp, name, PRELUDE + text, flags)
+
         def load_variants() -> None:
-            for v in extra:  # "probe:path" (``variants`` is taken by the loop below)
+            for v in extra:  # "probe:path" (the name ``variants`` is the loop's above)
                 pname, _, path = v.partition(":")
                 vpath = Path(path)
                 text = inline_includes(vpath.read_text(), vpath.name,
