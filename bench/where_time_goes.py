@@ -3,6 +3,7 @@ tracepoints at once and measured on the same events (BPF_ENABLE_STATS, released 
 
     .venv/bin/python -m bench.where_time_goes [--seconds 10] [--ref REV] [--json out.json]
                                               [--tree-first] [--peer CMD [--peer-last]]
+                                              [--variant PROBE:FILE ... [--variants-first]]
 
 For each tracepoint: an empty program attached first and one attached last (the floor, and how
 much the attach position matters), the probe's program as committed at --ref (default: the
@@ -10,7 +11,9 @@ commit before the probe rework) and as in the working tree, and steps in between
 alone, the key built, a per-CPU array increment, a shared hash, a per-CPU hash, ...).
 ``--peer "/usr/sbin/runqlat 3600 1"`` also runs a peer tool during the load (attached before
 everything, or with ``--peer-last`` after everything) and adds its programs' rows
-(bench/peer_stats.py), named "peer: <program name>".
+(bench/peer_stats.py), named "peer: <program name>". ``--variant runqlat:bench/variants/x.bpf.c``
+loads another C file with that probe's flags (its headers from bpf/), attached after the probes
+(``--variants-first``: before them), in the order given; its rows are named "variant: <file name>".
 """
 
 from __future__ import annotations
@@ -149,7 +152,7 @@ def _start_peer(cmd: str):
 
 
 def run(seconds: float, ref: str, tree_first: bool = False, peer: str | None = None,
-        peer_last: bool = False) -> dict:
+        peer_last: bool = False, extra: tuple[str, ...] = (), variants_first: bool = False) -> dict:
     from bcc import BPF
 
     from bench.peer_stats import program_stats
@@ -205,6 +208,19 @@ def run(seconds: float, ref: str, tree_first: bool = False, peer: str | None = N
             flags = probe.cflags() + ([] if probe.spec.hist else HIST_FALLBACK)
             for name, text in variants.items():
                 load(tp, name, PRELUDE + text, flags)
+
+        def load_variants() -> None:
+            for v in extra:  # "probe:path" (the name ``variants`` is the loop's above)
+                pname, _, path = v.partition(":")
+                vpath = Path(path)
+                text = inline_includes(vpath.read_text(), vpath.name,
+                                       lambda n: (config.bpf_dir / n).read_text())
+                b = BPF(text=text, cflags=probes[pname].cflags())
+                for fname in b.funcs:
+                    loaded.append((_tp(fname.decode()), f"variant: {vpath.name}", b))
+
+        if variants_first:
+            load_variants()
         for name, probe in probes.items():
             order = ((f"probe @ {ref}", ref), ("probe (working tree)", None))
             if not exists_at(ref, probe.spec.source):
@@ -217,6 +233,8 @@ def run(seconds: float, ref: str, tree_first: bool = False, peer: str | None = N
                 b = BPF(text=src(rev, probe.spec.source), cflags=flags)
                 for fname in b.funcs:
                     loaded.append((_tp(fname.decode()), label, b))
+        if not variants_first:
+            load_variants()
         for tp in VARIANTS:
             sys_, ev = tp.split(":")
             load(tp, "empty (attached last)", PRELUDE.split("\n")[2] + "\n" + EMPTY.format(sys=sys_, ev=ev), [])
@@ -248,7 +266,8 @@ def run(seconds: float, ref: str, tree_first: bool = False, peer: str | None = N
         rows.sort(key=lambda r: (order.index(r["tracepoint"]) if r["tracepoint"] in order else 99,
                                  r["ns_per_event"] or 0))
         return {"kernel": kernel.release, "seconds": seconds, "ref": ref, "tree_first": tree_first,
-                "peer": peer, "peer_last": peer_last, "rows": rows}
+                "peer": peer, "peer_last": peer_last, "variants": list(extra),
+                "variants_first": variants_first, "rows": rows}
     finally:
         if peer_proc is not None:
             peer_proc.terminate()
@@ -278,8 +297,12 @@ def main() -> None:
     ap.add_argument("--peer", help="a peer tool's command line, run during the load (e.g. "
                     "'/usr/sbin/runqlat 3600 1' from libbpf-tools)")
     ap.add_argument("--peer-last", action="store_true", help="attach the peer after everything")
+    ap.add_argument("--variant", action="append", default=[], metavar="PROBE:FILE",
+                    help="also load FILE with PROBE's flags (repeatable; attached after the probes)")
+    ap.add_argument("--variants-first", action="store_true", help="attach the variants before the probes")
     args = ap.parse_args()
-    res = run(args.seconds, args.ref, args.tree_first, args.peer, args.peer_last)
+    res = run(args.seconds, args.ref, args.tree_first, args.peer, args.peer_last, tuple(args.variant),
+              args.variants_first)
     print(f"kernel {res['kernel']}, {res['seconds']:g}s of lab load, every variant on the same events")
     print(f"{'tracepoint':<24} {'variant':<36} {'events':>8} {'ns/event':>9} {'x empty':>8}")
     for r in res["rows"]:

@@ -27,13 +27,22 @@
  * once per RUNQ_ROW_TTL_NS of the task's switch-ins: the row is kept in the task's
  * runq_enqueued_at entry (tagged by pid; cleared when another pid takes the entry or at
  * sched_wakeup_new), so a task moved to another cgroup is counted in its old one for up to
- * that long. A row is a coarser histogram than the node's
+ * that long. While the entry's row is valid the latency goes to that row at the switch-in
+ * itself and the per-CPU slot stays empty; only a task whose row is not known waits in the
+ * slot for its switch-out. A row is a coarser histogram than the node's
  * (CG_SUB_BITS sub-buckets per power of two): the per-pod p50/p99 need only modest resolution,
  * and rows x slots x CPUs is the probe's largest memory.
  *
+ * The node histogram and the rows are plain arrays indexed by CPU rather than per-CPU maps: a
+ * per-CPU map's lookup reads its pointer table first, one more (cold) cache line per event,
+ * measured at ~30 ns a switch for the node histogram on this VM (BENCHMARKS.md, section 6).
+ * Only sched_switch writes them, with interrupts off, so one CPU's part of an array has one
+ * writer at a time.
+ *
  * Maps: runq_enqueued_at (pid % RUNQ_MAX_TASKS -> {ts ns, pid, cgroup row, row valid until};
- *       collisions counted in lost_events), runq_latency_hist (per-CPU array of {count, sum ns} by slot),
- *       runq_cpu_state (by CPU: {latency, pid, row slot} pending, the cgroup row cache),
+ *       collisions counted in lost_events), runq_latency_hist (by CPU and slot: {count, sum ns}),
+ *       runq_cpu_state (by CPU: the pending {latency, pid, coarse slot, switch-in time}, the
+ *       cgroup row cache),
  *       runq_cgroup_words (by CPU and cgroup row: {sum ns, count by coarse slot}),
  *       runq_cgroup_misses (per-CPU [no row, pid mismatch]).
  */
@@ -65,15 +74,13 @@ struct runq_cpu {
     u32 pid;        /* 0 = empty */
     u32 slot;       /* latency's slot of the per-cgroup histogram */
     u64 since;      /* switch-in time (ns) */
-    u64 row_until;  /* the task's cached row (from its runq_enqueued_at entry) */
-    u32 row;
-    u32 pad0;
-    u64 pad[3];
+    u64 pad[5];     /* the pending sample fills the first cache line; the cache starts the next */
     struct cgroup_row_cache cache[CGROUP_CACHE_SLOTS];
 };
 
 BPF_ARRAY(runq_enqueued_at, struct runq_start, RUNQ_MAX_TASKS);
-BPF_PERCPU_ARRAY(runq_latency_hist, struct hist_value, HIST_SLOTS);
+/* per (CPU, slot): CPU * HIST_SLOTS + slot; user space sums the CPUs */
+BPF_ARRAY(runq_latency_hist, struct hist_value, RUNQ_CPUS * HIST_SLOTS);
 BPF_F_TABLE("array", int, struct runq_cpu, runq_cpu_state, RUNQ_CPUS, BPF_F_MMAPABLE);
 /* per (CPU, row): CG_ROW_WORDS u64 = {sum ns, count by cg_slot() ...}, padded to whole cache
  * lines (mmap-able, so page-aligned: every row starts a line, and user space reads it by mmap) */
@@ -116,7 +123,28 @@ static __always_inline void enqueue(u32 pid, u64 now, int new_task)
     e->ts = now;
 }
 
-/* prev is switched out: the latency it was switched in with goes to its (current) cgroup */
+/* one sample of ``latency`` ns (coarse slot ``slot``) into this CPU's part of cgroup row ``row`` */
+static __always_inline void row_add(u32 cpu, u32 row, u32 slot, u64 latency)
+{
+    if (row >= CGROUP_ROWS) {
+        cgroup_miss(0);
+        count_lost();
+        return;
+    }
+    if (slot >= CG_SLOTS)
+        return;
+    int base = (cpu * CGROUP_ROWS + row) * CG_ROW_WORDS;
+    int at = base + 1 + slot;
+    u64 *n = runq_cgroup_words.lookup(&at);
+    if (n)
+        (*n)++;
+    u64 *sum = runq_cgroup_words.lookup(&base);
+    if (sum)
+        *sum += latency;
+}
+
+/* prev is switched out: the latency it was switched in with (its row not known then) goes to
+ * its (current) cgroup, whose row is kept in its enqueue entry for the next RUNQ_ROW_TTL_NS */
 static __always_inline void attribute_prev(u32 cpu, u32 prev_pid, struct runq_cpu *st)
 {
     u32 pid = st->pid;
@@ -127,34 +155,14 @@ static __always_inline void attribute_prev(u32 cpu, u32 prev_pid, struct runq_cp
         cgroup_miss(1);
         return;
     }
-    u32 row;
-    if (st->since < st->row_until) {
-        row = st->row;
-    } else {
-        row = cgroup_row(bpf_get_current_cgroup_id(), st->cache);
-        u32 idx = pid % RUNQ_MAX_TASKS;
-        struct runq_start *e = runq_enqueued_at.lookup(&idx);
-        if (e && e->pid == pid) {
-            e->row = row;
-            e->row_until = st->since + RUNQ_ROW_TTL_NS;
-        }
+    u32 row = cgroup_row(bpf_get_current_cgroup_id(), st->cache);
+    u32 idx = pid % RUNQ_MAX_TASKS;
+    struct runq_start *e = runq_enqueued_at.lookup(&idx);
+    if (e && e->pid == pid) {
+        e->row = row;
+        e->row_until = st->since + RUNQ_ROW_TTL_NS;
     }
-    if (row >= CGROUP_ROWS) {
-        cgroup_miss(0);
-        count_lost();
-        return;
-    }
-    u32 slot = st->slot;
-    if (slot >= CG_SLOTS)
-        return;
-    int base = (cpu * CGROUP_ROWS + row) * CG_ROW_WORDS;
-    int at = base + 1 + slot;
-    u64 *n = runq_cgroup_words.lookup(&at);
-    if (n)
-        (*n)++;
-    u64 *sum = runq_cgroup_words.lookup(&base);
-    if (sum)
-        *sum += st->latency;
+    row_add(cpu, row, st->slot, st->latency);
 }
 
 TRACEPOINT_PROBE(sched, sched_wakeup)
@@ -201,19 +209,21 @@ TRACEPOINT_PROBE(sched, sched_switch)
         now = bpf_ktime_get_ns();
     u64 delta = now > ts ? now - ts : 0;
 
-    u32 slot = hist_slot(delta);
-    struct hist_value *v = runq_latency_hist.lookup(&slot);
+    int at = cpu * HIST_SLOTS + hist_slot(delta);
+    struct hist_value *v = runq_latency_hist.lookup(&at);
     if (v) {
         v->count++;
         v->sum += delta;
     }
-    if (st) {
-        st->latency = delta;
-        st->slot = cg_slot(delta);
-        st->pid = pid;
-        st->since = now;
-        st->row_until = row_until;
-        st->row = row;
+    if (!st)
+        return 0;
+    if (now < row_until) {  /* the task's row is known: attribute now, nothing pending */
+        row_add(cpu, row, cg_slot(delta), delta);
+        return 0;
     }
+    st->latency = delta;
+    st->slot = cg_slot(delta);
+    st->pid = pid;
+    st->since = now;
     return 0;
 }

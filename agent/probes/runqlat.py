@@ -103,10 +103,10 @@ SPEC = ProbeSpec(
     summary="run-queue latency: wakeup (or preemption) to running, node-wide and per pod",
     tracepoints=("sched:sched_wakeup", "sched:sched_switch"),
     optional_tracepoints=("sched:sched_wakeup_new",),
-    maps=(MapSpec("runq_latency_hist", 4, 16, lambda c: HIST.layout(c.hist_sub_bits).slots),
-          MapSpec("runq_enqueued_at", 4, 32, lambda c: c.max_tasks, define="RUNQ_MAX_TASKS"),
+    maps=(MapSpec("runq_enqueued_at", 4, 32, lambda c: c.max_tasks, define="RUNQ_MAX_TASKS"),
           MapSpec("lost_events", 4, 8, lambda c: 1),
           # by CPU (entries: possible CPUs x ..., checked by the probe class)
+          MapSpec("runq_latency_hist", 4, 16),
           MapSpec("runq_cpu_state", 4, CPU_STATE_BYTES),
           MapSpec("runq_cgroup_words", 4, 8),
           MapSpec("runq_cgroup_misses", 4, 8, lambda c: 2),
@@ -198,6 +198,7 @@ class RunqlatProbe(BccProbe):
     def expected_entries(self) -> dict:
         n = self.cpus()
         return {**super().expected_entries(), "runq_cpu_state": n,
+                "runq_latency_hist": n * self.layout.slots,
                 "runq_cgroup_words": n * self.config.max_cgroups * CGROUP_ROW_WORDS}
 
     def defines(self) -> dict:
@@ -225,5 +226,12 @@ class RunqlatProbe(BccProbe):
             rows[cgroup] = (total, counts)
         m = dict(maps.items("runq_cgroup_misses", "I", "Q"))
         misses = (m.get(0, 0), m.get(1, 0))
-        slots = {slot: (c, t) for slot, (c, t) in maps.items("runq_latency_hist", "I", "QQ") if c}
+        # the node histogram by (CPU, slot): CPU * slots + slot, summed over CPUs
+        nslots = self.layout.slots
+        slots: dict[int, tuple[int, int]] = {}
+        for at, (c, t) in maps.items("runq_latency_hist", "I", "QQ"):
+            if c:
+                s = at % nslots
+                c0, t0 = slots.get(s, (0, 0))
+                slots[s] = (c0 + c, t0 + t)
         return decode(self.layout, slots, self.lost(maps), time.monotonic(), rows, misses)
