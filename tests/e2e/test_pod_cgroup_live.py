@@ -122,7 +122,8 @@ def test_agent_pod_limits_match_a_live_cgroup(live_root):
         }
         for k in ("cpu_pressure", "memory_pressure"):
             bounds[k] = _clamp(bounds[k]) if bounds[k] is not None else None
-        ws = sorted((b2.values["working_set"], a2.values["working_set"]))
+        ws = [b2.values["working_set"], a2.values["working_set"]]
+        ws = sorted(ws) if None not in ws else [None, None]
         doc = {
             "release": os.uname().release,
             "allocation_bytes": ALLOCATION,
@@ -145,9 +146,9 @@ def test_agent_pod_limits_match_a_live_cgroup(live_root):
         assert bounds["cpu_used"] is not None, "cpu.stat has no usage_usec"
         assert _within(p["cpu_used"], bounds["cpu_used"]), (p["cpu_used"], bounds["cpu_used"])
         assert p["cpu_used"] > 0
-        # the limit is live: a spinning process got at most its quota (plus one period's worth
-        # at the window's edges)
-        assert p["cpu_used"] <= 0.5 + 0.05 / (b2.t_after - a1.t_before) + 1e-6, p["cpu_used"]
+        # the limit is live: a spinning process got at most its quota, plus the two periods the
+        # window's edges cut into (0.05 s each)
+        assert p["cpu_used"] <= 0.5 + 0.1 / (b2.t_after - a1.t_before) + 1e-6, p["cpu_used"]
         # throttling: the cpu controller's counters, the same window
         assert bounds["cpu_throttled_ratio"] is not None, "cpu.stat has no nr_periods/nr_throttled"
         assert _within(p["cpu_throttled_ratio"], bounds["cpu_throttled_ratio"]), (
