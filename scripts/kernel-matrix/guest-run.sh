@@ -65,6 +65,10 @@ here=$(dirname "$0")
 if [ -n "$moddir" ]; then scope=guest; else scope=host; fi
 desel=$(awk -v s="$scope" '($1 == "all" || $1 == s) && $2 ~ /^tests\// {printf "--deselect %s ", $2}' \
         "$here/exclude.txt")
+# (in a guest, run.sh passes KMATRIX_PYTEST in OUT/pytest-selection: vng passes no environment)
+if [ -z "${KMATRIX_PYTEST:-}" ] && [ -f "$out/pytest-selection" ]; then
+    KMATRIX_PYTEST=$(cat "$out/pytest-selection")
+fi
 sel=${KMATRIX_PYTEST:-"tests/bpf tests/e2e/test_pod_cgroup_live.py $desel"}
 note "pytest_selection=$sel"
 # shellcheck disable=SC2086
