@@ -101,9 +101,9 @@ def test_agent_pod_limits_match_a_live_cgroup(live_root):
         config = Config(cgroup_root=str(lab.top), kubernetes="off")
         pods = ClusterPods.from_config(config)
         sampler = Sampler(config, ProbeSet([]), pods)
+        sampler.start()  # node baselines (/proc); the pods' window starts with pods.start()
         b1 = read_files(lab.pod)
-        pods.start()  # the agent's first reading: the window starts here
-        sampler.start()
+        pods.start()  # the agent's first reading of the pod cgroups
         a1 = read_files(lab.pod)
         time.sleep(WINDOW)
         b2 = read_files(lab.pod)
@@ -129,6 +129,8 @@ def test_agent_pod_limits_match_a_live_cgroup(live_root):
             "allocation_bytes": ALLOCATION,
             "working_set_before_allocation": before_alloc.values["working_set"],
             "window_seconds": payload["window_seconds"],
+            # how long the witness's brackets around the agent's two readings took
+            "bracket_seconds": [round(a1.t_after - b1.t_before, 3), round(a2.t_after - b2.t_before, 3)],
             "agent": {k: p[k] for k in ("cpu_used", "cpu_limit", "cpu_throttled_ratio",
                                         "cpu_pressure", "memory_pressure", "memory_used",
                                         "memory_limit")},
