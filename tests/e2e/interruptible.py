@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.bpf.netlab import NetLab
 from agent.cgroups import read_cgroup2_root
+from tests.bpf.netlab import NetLab
 from tests.e2e.agent_proc import Agent
 from tests.e2e.podcgroup import PodCgroupLab
 from tests.e2e.test_agent_pods import Cgroups

@@ -4,8 +4,8 @@
         kubepods-burstable-pod<uid_>.slice/cri-containerd-<64 hex>.scope
 
 The top directory is made by the lab and is the agent's cgroup root (``cgroup_root``): the agent
-sees only this tree, never the node's own pods, and nothing outside the top directory is ever
-written. With ``controllers`` on, ``+cpu +memory`` is enabled in every directory of the tree and
+sees only this tree, never the node's own pods, and nothing outside the top directory is
+written (but for ``enable_root`` below). With ``controllers`` on, ``+cpu +memory`` is enabled in every directory of the tree and
 the pod gets its limits in ``cpu.max`` / ``memory.max``. The root's ``cgroup.subtree_control``
 must already have both, except with ``enable_root`` (a kernel-matrix guest's throwaway
 hierarchy: KMATRIX_ROOT_CONTROLLERS=1), where the lab enables what is missing and disables it
@@ -214,8 +214,13 @@ def ratio_bounds(b1: Files, a1: Files, b2: Files, a2: Files, num: str,
 # the lab (IO)
 
 
+# resolved here, not in the child: no dlopen/dlsym between fork and exec
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
 def _pdeathsig() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def remove_tree(top: Path, tries: int = 100) -> None:
