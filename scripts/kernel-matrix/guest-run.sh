@@ -4,7 +4,7 @@
 # OUT: the shared --rwdir (results, exit codes, DONE marker); REPO: the checkout (read-only in
 # the guest); MODDIR: the unpacked lib/modules/<release> of the booted kernel.
 # Writes OUT/{env.txt,check-kernel.json,check-kernel.rc,smoke-test.json,smoke-test.rc,
-# pytest.xml,pytest.log,pytest.rc,DONE}.
+# pytest.xml,pytest.log,pytest.rc,DONE} and, where the live pod-cgroup test ran, cgroup-live.json.
 out=$1 repo=$2 moddir=$3
 rel=$(uname -r)
 export PYTHONDONTWRITEBYTECODE=1 PATH="$repo/.venv/bin:$PATH"
@@ -33,6 +33,14 @@ if [ -n "$moddir" ]; then
     if [ "$got" != "$want" ] || [ ! -f "$got/include/generated/utsrelease.h" ]; then
         note "ERROR: no matching header tree for $rel"
     fi
+    # A pure cgroup2 for tests/e2e/test_pod_cgroup_live.py: virtme-ng's init mounts it at
+    # /sys/fs/cgroup (mounted here if it did not). The cpu and memory controllers are enabled at
+    # its root by that test alone, for its own run, because KMATRIX_ROOT_CONTROLLERS says this
+    # hierarchy is a throwaway guest's (the other tests run as before, without them).
+    cg=/sys/fs/cgroup
+    grep -q " $cg cgroup2 " /proc/self/mounts || mount -n -t cgroup2 none "$cg" 2>>"$env_txt"
+    note "cgroup2_controllers=$(cat "$cg/cgroup.controllers" 2>/dev/null)"
+    export KMATRIX_ROOT_CONTROLLERS=1
     # what the network lab needs; on-demand loading would find most of them too, this records it
     for m in veth sch_tbf nf_tables nft_compat xt_statistic xt_comment ip_tables \
              iptable_filter ip6_tables; do
@@ -57,10 +65,14 @@ here=$(dirname "$0")
 if [ -n "$moddir" ]; then scope=guest; else scope=host; fi
 desel=$(awk -v s="$scope" '($1 == "all" || $1 == s) && $2 ~ /^tests\// {printf "--deselect %s ", $2}' \
         "$here/exclude.txt")
-sel=${KMATRIX_PYTEST:-"tests/bpf $desel"}
+# (in a guest, run.sh passes KMATRIX_PYTEST in OUT/pytest-selection: vng passes no environment)
+if [ -z "${KMATRIX_PYTEST:-}" ] && [ -f "$out/pytest-selection" ]; then
+    KMATRIX_PYTEST=$(cat "$out/pytest-selection")
+fi
+sel=${KMATRIX_PYTEST:-"tests/bpf tests/e2e/test_pod_cgroup_live.py $desel"}
 note "pytest_selection=$sel"
 # shellcheck disable=SC2086
-python -m pytest -q -ra -p no:cacheprovider -p no:hypothesispytest --durations=0 --timeout 240 --junitxml="$out/pytest.xml" $sel \
+KMATRIX_OUT=$out python -m pytest -q -ra -p no:cacheprovider -p no:hypothesispytest --durations=0 --timeout 240 --junitxml="$out/pytest.xml" $sel \
     > "$out/pytest.log" 2>&1
 echo $? > "$out/pytest.rc"
 lap pytest

@@ -26,6 +26,16 @@ from agent.probes import registry  # noqa: E402  (standard library only, like th
 PROBES = registry.names()
 SUITE_LABEL = {"bullseye": "Debian 11 bullseye", "bookworm": "Debian 12 bookworm",
                "trixie": "Debian 13 trixie", "host": "this host"}
+# the live pod-cgroup check (its own column): the agent's per-pod CPU limit, CPU used,
+# throttling, pressure and working set against a real pod cgroup's files
+LIVE_TEST = "tests/e2e/test_pod_cgroup_live.py::test_agent_pod_limits_match_a_live_cgroup"
+LIVE_FILE = "cgroup-live.json"  # the figures that test writes into the guest's OUT directory
+LIVE_NOTE = """\
+Live pod cgroup: `tests/e2e/test_pod_cgroup_live.py` makes a kubelet-shaped pod cgroup with
+`cpu.max` "50000 100000" and `memory.max` 128 MiB in the guest's pure cgroup2, and a process in it
+touches 64 MiB and spins. The agent's working set, limits, CPU used, throttled share and pressure
+(its reader and report, shown here) must lie within what the pod's files, read just before and
+after each of the agent's two readings, allow; the working set within 10 % of the 64 MiB."""
 BEGIN_RE = re.compile(r"^<!-- kernel-matrix:begin.*-->$", re.M)
 END = "<!-- kernel-matrix:end -->"
 
@@ -107,6 +117,7 @@ def collect(name: str, out: Path, seconds: int) -> dict:
         pytest_doc = {"error": f"pytest.xml: {e}"}
     pytest_doc["exit_code"] = _read_rc(out / "pytest.rc")
     pytest_doc["excluded"] = read_exclusions("host" if name == "host" else "guest")
+    live = _read_json(out / LIVE_FILE) if (out / LIVE_FILE).exists() else None
     return {
         "suite": name,
         "release": env.get("release", ""),
@@ -118,6 +129,7 @@ def collect(name: str, out: Path, seconds: int) -> dict:
         "smoke_test": {"exit_code": _read_rc(out / "smoke-test.rc"),
                        "doc": _read_json(out / "smoke-test.json")},
         "pytest": pytest_doc,
+        "cgroup_live": live,
     }
 
 
@@ -155,6 +167,37 @@ def probe_cell(p: dict | None) -> str:
     return f"{state} ({reason})" if reason else state
 
 
+def _mib(v) -> str:
+    return f"{v / 2**20:.1f} MiB" if isinstance(v, (int, float)) else "?"
+
+
+def _share(v) -> str:
+    return f"{v:.0%}" if isinstance(v, (int, float)) else "n/a"
+
+
+def live_cell(d: dict) -> str:
+    """The live pod-cgroup check of one kernel: its test's outcome, and on a pass the agent's
+    figures that agreed with the cgroup's files."""
+    outcome = (d.get("pytest", {}).get("tests") or {}).get(LIVE_TEST)
+    if outcome is None:
+        return "not run"
+    kind, _, why = outcome.partition(": ")
+    if kind != "passed":
+        label = "FAIL" if kind in ("failed", "error") else kind
+        return f"{label} ({_one_line(why, 120)})" if why else label
+    fig = d.get("cgroup_live") or {}
+    a = fig.get("agent") if isinstance(fig, dict) else None
+    if not isinstance(a, dict):
+        return "pass"
+    try:
+        return (f"pass: {_mib(a.get('memory_used'))} working set for {_mib(fig.get('allocation_bytes'))} "
+                f"touched, limit {_mib(a.get('memory_limit'))}; {a['cpu_used']:.2f} of "
+                f"{a['cpu_limit']:g} core, {_share(a.get('cpu_throttled_ratio'))} of periods "
+                f"throttled, CPU pressure {_share(a.get('cpu_pressure'))}")
+    except (KeyError, TypeError, ValueError):
+        return "pass"
+
+
 def _tests_cell(pt: dict) -> str:
     if "counts" not in pt:
         return f"not run ({pt.get('error', '')})"
@@ -164,7 +207,8 @@ def _tests_cell(pt: dict) -> str:
 
 
 def render_block(docs: list[dict], minutes: str = "7") -> str:
-    head = ["kernel", *[f"`{p}`" for p in PROBES], "smoke-test", "real-kernel tests"]
+    head = ["kernel", *[f"`{p}`" for p in PROBES], "smoke-test", "live pod cgroup",
+            "real-kernel tests"]
     rows = [head, ["---"] * len(head)]
     notes = []
     for d in docs:
@@ -173,12 +217,13 @@ def render_block(docs: list[dict], minutes: str = "7") -> str:
         label = f"{d['release']} ({SUITE_LABEL.get(d['suite'], d['suite'])})"
         verdict = "pass" if smoke.get("exit_code") == 0 else f"FAIL (exit {smoke.get('exit_code')})"
         rows.append([label, *[_esc(probe_cell(probes.get(n))) for n in PROBES], verdict,
-                     _tests_cell(d["pytest"])])
+                     _esc(live_cell(d)), _tests_cell(d["pytest"])])
         for node, outcome in (d["pytest"].get("tests") or {}).items():
             if outcome != "passed":
                 notes.append(f"- {d['release']}: `{node.split('::')[-1]}` {_esc(outcome)}")
     lines = [HOW_TO_RUN.format(minutes=minutes), ""]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", LIVE_NOTE]
     if notes:
         lines += ["", "Tests not passing:", ""] + notes
     excluded: dict[str, tuple[str, list[str]]] = {}
@@ -234,6 +279,10 @@ def problems(doc: dict) -> list[str]:
         out.append(f"pytest exit {pt.get('exit_code')}")
     if doc.get("suite") != "host" and doc.get("headers") != doc.get("release"):
         out.append(f"BCC used headers of {doc.get('headers')!r}, not {doc.get('release')!r}")
+    live = (pt.get("tests") or {}).get(LIVE_TEST, "")
+    if doc.get("suite") != "host" and live.startswith("skipped"):
+        # a guest's pure cgroup2 has the controllers: a skip there means the check broke
+        out.append(f"live pod-cgroup test {live}")
     return out
 
 

@@ -207,6 +207,8 @@ boot_suite() {
   rm -rf "$out"; mkdir -p "$out"
   # only the --rwdir is shared writable with the guest: the guest script runs from there
   cp "$HERE/guest-run.sh" "$out/"
+  # the guest does not inherit this environment: a KMATRIX_PYTEST selection goes in a file
+  [ -z "${KMATRIX_PYTEST:-}" ] || printf '%s\n' "$KMATRIX_PYTEST" > "$out/pytest-selection"
   log "$suite: booting $rel (TCG, 2 CPUs, 1 GiB)"
   local t0=$SECONDS
   # vng runs virtme-run through the shell (venv bin on PATH); its exit status means nothing

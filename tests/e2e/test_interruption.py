@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.podcgroup import remove_tree
+
 pytestmark = pytest.mark.bpf
 if os.geteuid() != 0:
     pytest.skip("makes network namespaces and cgroups: needs root", allow_module_level=True)
@@ -69,6 +71,7 @@ def test_interrupted_run_leaves_nothing_behind(how):
         for ns in held["netns"]:
             assert ns not in netns, f"{how}: network namespace {ns} left behind"
         assert not Path(held["cgroup"]).exists(), f"{how}: cgroup {held['cgroup']} left behind"
+        assert not Path(held["pod_cgroup"]).exists(), f"{how}: pod cgroup tree {held['pod_cgroup']} left behind"
         left = [p for p in held["pids"] if _alive(p)]
         assert not left, f"{how}: processes {left} left running"
     finally:  # whatever failed, this test itself leaves nothing behind either
@@ -85,6 +88,10 @@ def test_interrupted_run_leaves_nothing_behind(how):
                     os.kill(p, signal.SIGKILL)
             for ns in held["netns"]:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            try:
+                remove_tree(Path(held["pod_cgroup"]))
+            except RuntimeError as e:
+                print(e)
             cg = Path(held["cgroup"])
             for _ in range(50):
                 if not cg.exists():

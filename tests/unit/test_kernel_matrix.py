@@ -90,3 +90,67 @@ def test_junit_summary():
         "tests/bpf/test_lab.py::test_a": "passed",
         "tests/bpf/test_lab.py::test_b": "skipped: no reason field (< 5.17)",
     }
+
+
+LIVE_FIGURES = {"allocation_bytes": 64 << 20, "window_seconds": 4.1,
+                "agent": {"memory_used": 67_400_000, "memory_limit": 128 << 20, "cpu_used": 0.4987,
+                          "cpu_limit": 0.5, "cpu_throttled_ratio": 0.97, "cpu_pressure": 0.51,
+                          "memory_pressure": 0.0}}
+
+
+def _doc(outcome, live=None, suite="trixie"):
+    tests = {} if outcome is None else {matrix.LIVE_TEST: outcome}
+    return {"suite": suite, "pytest": {"tests": tests, "exit_code": 0},
+            "check_kernel": {"exit_code": 0}, "smoke_test": {"exit_code": 0},
+            "release": "6.12.1", "headers": "6.12.1", "cgroup_live": live}
+
+
+@pytest.mark.parametrize("outcome, live, cell", [
+    ("passed", LIVE_FIGURES,
+     "pass: 64.3 MiB working set for 64.0 MiB touched, limit 128.0 MiB; 0.50 of 0.5 core, "
+     "97% of periods throttled, CPU pressure 51%"),
+    ("passed", None, "pass"),  # a result collected without the figures file
+    ("passed", {"error": "cgroup-live.json: Expecting value"}, "pass"),
+    ("passed", {"agent": {"cpu_used": None, "cpu_limit": 0.5}}, "pass"),  # garbled figures: no crash
+    ("skipped: the cgroup v2 hierarchy at /sys/fs/cgroup/unified has no cpu or memory controller",
+     None, "skipped (the cgroup v2 hierarchy at /sys/fs/cgroup/unified has no cpu or memory controller)"),
+    ("failed: AssertionError: (0.61, (0.49, 0.51))", LIVE_FIGURES, "FAIL (AssertionError: (0.61, (0.49, 0.51)))"),
+    ("error", None, "FAIL"),
+    (None, None, "not run"),  # results from before the check existed, or a restricted run
+])
+def test_live_cell(outcome, live, cell):
+    assert matrix.live_cell(_doc(outcome, live)) == cell
+
+
+def test_live_column_is_rendered_from_the_results():
+    block = matrix.render_block([_doc("passed", LIVE_FIGURES)])
+    head = next(ln for ln in block.splitlines() if ln.startswith("| kernel "))
+    row = next(ln for ln in block.splitlines() if ln.startswith("| 6.12.1 "))
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[cols.index("live pod cgroup")].startswith("pass: 64.3 MiB working set")
+    assert "Live pod cgroup: `tests/e2e/test_pod_cgroup_live.py`" in block
+
+
+def test_a_guest_that_skipped_the_live_check_fails_the_verdict():
+    assert matrix.problems(_doc("passed", LIVE_FIGURES)) == []
+    assert matrix.problems(_doc(None)) == []  # not in this run's selection
+    bad = matrix.problems(_doc("skipped: no cpu controller"))
+    assert bad == ["live pod-cgroup test skipped: no cpu controller"]
+    # the host binds cpu and memory to cgroup v1: its skip is the truth, not a failure
+    assert matrix.problems(_doc("skipped: bound to cgroup v1", suite="host")) == []
+
+
+def test_collect_takes_the_live_figures_when_the_guest_wrote_them(tmp_path):
+    (tmp_path / "env.txt").write_text("release=6.12.1\nbuild_utsrelease=6.12.1\n")
+    (tmp_path / "pytest.xml").write_text(
+        '<testsuites><testsuite><testcase classname="tests.e2e.test_pod_cgroup_live" '
+        'name="test_agent_pod_limits_match_a_live_cgroup"/></testsuite></testsuites>')
+    assert matrix.collect("trixie", tmp_path, 10)["cgroup_live"] is None
+    (tmp_path / matrix.LIVE_FILE).write_text(json.dumps(LIVE_FIGURES))
+    doc = matrix.collect("trixie", tmp_path, 10)
+    assert doc["cgroup_live"] == LIVE_FIGURES
+    assert doc["pytest"]["tests"][matrix.LIVE_TEST] == "passed"
+    assert matrix.live_cell(doc).startswith("pass: 64.3 MiB")
+    (tmp_path / matrix.LIVE_FILE).write_text("{truncated")
+    assert "error" in matrix.collect("trixie", tmp_path, 10)["cgroup_live"]
