@@ -230,6 +230,11 @@ class BccProbe:
         if loaded.diag.strip():
             log.debug("probe %s: compiler output: %s", self.name, loaded.diag.strip(),
                       extra={"probe": self.name})
+        if loaded.tree and loaded.tree != PROBE_HEADERS and len(self.header_trees()) > 1:
+            first = loaded.diag.strip().splitlines()[0] if loaded.diag.strip() else ""
+            log.warning("probe %s: compiled against the %s header tree: the probe header tree "
+                        "could not compile it (%s)", self.name, loaded.tree, first[:300],
+                        extra={"probe": self.name})
         self.detail["load_seconds"] = f"{loaded.seconds:.2f}"
         if loaded.tree:
             self.detail["header_tree"] = loaded.tree

@@ -308,7 +308,8 @@ def test_probe_header_tree_compiles_the_same_instructions_as_the_kernel_tree(ker
         assert fast["euid"] == 65534 and fast["skip_kallsyms"] == "done", fast
 
 
-def test_a_probe_the_own_tree_cannot_compile_falls_back_to_the_kernel_tree(kernel, tmp_path):
+def test_a_probe_the_own_tree_cannot_compile_falls_back_to_the_kernel_tree(kernel, tmp_path,
+                                                                            caplog):
     """A format type the minimal tree lacks (here: pid_t removed from it) is a compile error
     there; the child compiles with the kernel's tree instead and says so."""
     require_tracepoint(kernel, "sched:sched_switch")
@@ -323,6 +324,7 @@ def test_a_probe_the_own_tree_cannot_compile_falls_back_to_the_kernel_tree(kerne
         p.start()
         assert p.started and p.detail["header_tree"] == f"kernel ({kernel.headers.kind})"
         assert "pid_t" in p._loaded.diag  # the first tree's error is kept in the compiler output
+        assert "the probe header tree could not compile it" in caplog.text  # and warned about
     finally:
         p.close()
 
