@@ -103,6 +103,17 @@ def parse_junit(text: str) -> dict:
     return {"counts": counts, "tests": dict(sorted(tests.items()))}
 
 
+DEFAULT_SELECTION = "tests/bpf"  # guest-run.sh's selection (minus exclude.txt) begins so
+
+
+def restricted(selection: str) -> list[str]:
+    """The files a KMATRIX_PYTEST selection ran, when it is not the default one ([] then)."""
+    words = selection.split()
+    if not words or words[0] == DEFAULT_SELECTION:
+        return []
+    return sorted({w.split("::")[0] for w in words if not w.startswith("-")})
+
+
 def collect(name: str, out: Path, seconds: int) -> dict:
     env = {}
     for line in (out / "env.txt").read_text().splitlines() if (out / "env.txt").exists() else []:
@@ -116,7 +127,10 @@ def collect(name: str, out: Path, seconds: int) -> dict:
     except (OSError, ET.ParseError) as e:
         pytest_doc = {"error": f"pytest.xml: {e}"}
     pytest_doc["exit_code"] = _read_rc(out / "pytest.rc")
-    pytest_doc["excluded"] = read_exclusions("host" if name == "host" else "guest")
+    pytest_doc["selection"] = env.get("pytest_selection", "")
+    pytest_doc["restricted"] = restricted(pytest_doc["selection"])
+    pytest_doc["excluded"] = ({} if pytest_doc["restricted"]
+                              else read_exclusions("host" if name == "host" else "guest"))
     live = _read_json(out / LIVE_FILE) if (out / LIVE_FILE).exists() else None
     return {
         "suite": name,
@@ -203,7 +217,11 @@ def _tests_cell(pt: dict) -> str:
         return f"not run ({pt.get('error', '')})"
     c = pt["counts"]
     parts = [f"{c[k]} {k}" for k in ("passed", "failed", "error", "skipped") if c.get(k)]
-    return ", ".join(parts) or "none"
+    cell = ", ".join(parts) or "none"
+    if pt.get("restricted"):
+        names = ", ".join(f"`{Path(f).name}`" for f in pt["restricted"])
+        cell += f" (a restricted run, KMATRIX_PYTEST: {names} only)"
+    return cell
 
 
 def render_block(docs: list[dict], minutes: str = "7") -> str:

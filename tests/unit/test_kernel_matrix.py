@@ -154,3 +154,22 @@ def test_collect_takes_the_live_figures_when_the_guest_wrote_them(tmp_path):
     assert matrix.live_cell(doc).startswith("pass: 64.3 MiB")
     (tmp_path / matrix.LIVE_FILE).write_text("{truncated")
     assert "error" in matrix.collect("trixie", tmp_path, 10)["cgroup_live"]
+
+
+def test_a_restricted_run_says_so_in_the_table_and_claims_no_exclusions(tmp_path):
+    sel = ("tests/bpf/test_runq_pods.py tests/bpf/test_compile_child.py::test_x "
+           "tests/e2e/test_pod_cgroup_live.py")
+    assert matrix.restricted("tests/bpf --deselect tests/bpf/test_a.py::t") == []
+    assert matrix.restricted(sel) == ["tests/bpf/test_compile_child.py",
+                                      "tests/bpf/test_runq_pods.py",
+                                      "tests/e2e/test_pod_cgroup_live.py"]
+    (tmp_path / "env.txt").write_text(f"release=6.12.1\nbuild_utsrelease=6.12.1\npytest_selection={sel}\n")
+    (tmp_path / "pytest.xml").write_text(
+        '<testsuites><testsuite><testcase classname="tests.bpf.test_runq_pods" name="test_a"/>'
+        '</testsuite></testsuites>')
+    doc = matrix.collect("trixie", tmp_path, 10)
+    assert doc["pytest"]["excluded"] == {}  # exclude.txt did not apply to this run
+    doc.update({"check_kernel": {"exit_code": 0}, "smoke_test": {"exit_code": 0}})
+    row = next(ln for ln in matrix.render_block([doc]).splitlines() if ln.startswith("| 6.12.1 "))
+    assert ("1 passed (a restricted run, KMATRIX_PYTEST: `test_compile_child.py`, "
+            "`test_runq_pods.py`, `test_pod_cgroup_live.py` only)") in row
