@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import shutil
@@ -38,6 +40,9 @@ class Agent:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="agent-", suffix=".log", delete=False)
+        # kept for output() after stop(); removed on __exit__, or when this process exits for
+        # the callers (benchmarks) that only stop() it
+        atexit.register(functools.partial(Path(self.log.name).unlink, missing_ok=True))
         e = {k: v for k, v in os.environ.items() if not k.startswith("EBPF_EDGE_AGENT_")}
         e.update(env or {})
         self.proc = subprocess.Popen(
