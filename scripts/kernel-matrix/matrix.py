@@ -44,10 +44,10 @@ Produced by `make test-kernels` (`scripts/kernel-matrix/run.sh`, as root): it fe
 kernel and header packages with a private apt configuration (cached in
 `/var/lib/ebpf-edge-agent/kernel-matrix`, never installed), boots each kernel once under QEMU with
 virtme-ng (software emulation, 2 CPUs, 1 GiB) and runs `check-kernel`, `smoke-test` and the
-real-kernel tests there, then the same on the host. A full run took 12.5 minutes on this 2-core
-machine (3-5.5 min per emulated kernel, 5.10 the slowest: see `seconds` in each result; longer
-while other heavy work shares the CPUs); it is not part of `make test` or CI, whose 15-minute
-budget it would nearly fill. Per-kernel results: `tests/kernels/results/`."""
+real-kernel tests there, then the same on the host, one at a time. The runs below took
+{timing} (`seconds` in each result, on this 2-core machine; longer while other heavy work shares
+the CPUs); the matrix is not part of `make test` or CI. Per-kernel results:
+`tests/kernels/results/`."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def _tests_cell(pt: dict) -> str:
     return cell
 
 
-def render_block(docs: list[dict], minutes: str = "7") -> str:
+def render_block(docs: list[dict]) -> str:
     head = ["kernel", *[f"`{p}`" for p in PROBES], "smoke-test", "live pod cgroup",
             "real-kernel tests"]
     rows = [head, ["---"] * len(head)]
@@ -239,7 +239,7 @@ def render_block(docs: list[dict], minutes: str = "7") -> str:
         for node, outcome in (d["pytest"].get("tests") or {}).items():
             if outcome != "passed":
                 notes.append(f"- {d['release']}: `{node.split('::')[-1]}` {_esc(outcome)}")
-    lines = [HOW_TO_RUN.format(minutes=minutes), ""]
+    lines = [HOW_TO_RUN.format(timing=timing(docs)), ""]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", LIVE_NOTE]
     if notes:
@@ -256,9 +256,11 @@ def render_block(docs: list[dict], minutes: str = "7") -> str:
     return "\n".join(lines)
 
 
-def total_minutes(docs: list[dict]) -> str:
-    secs = sum(d.get("seconds", 0) for d in docs)
-    return str(max(1, round(secs / 60)))
+def timing(docs: list[dict]) -> str:
+    """How long each recorded run took: "6.1.0-50-amd64 24 min, ..., 62 min in all"."""
+    secs = [int(d.get("seconds", 0)) for d in docs]
+    each = ", ".join(f"{d['release']} {max(1, round(t / 60))} min" for d, t in zip(docs, secs))
+    return f"{each}: {max(1, round(sum(secs) / 60))} min in all" if len(docs) > 1 else each
 
 
 def replace_block(readme: str, block: str) -> str:
@@ -279,7 +281,7 @@ def current_block(readme: str) -> str:
 
 def expected_block(results: Path) -> str:
     docs = load_results(results)
-    return render_block(docs, total_minutes(docs))
+    return render_block(docs)
 
 
 # ---------------------------------------------------------------------------------------------

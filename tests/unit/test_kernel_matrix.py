@@ -173,3 +173,10 @@ def test_a_restricted_run_says_so_in_the_table_and_claims_no_exclusions(tmp_path
     row = next(ln for ln in matrix.render_block([doc]).splitlines() if ln.startswith("| 6.12.1 "))
     assert ("1 passed (a restricted run, KMATRIX_PYTEST: `test_compile_child.py`, "
             "`test_runq_pods.py`, `test_pod_cgroup_live.py` only)") in row
+
+
+def test_the_block_says_how_long_the_recorded_runs_took():
+    docs = [{"release": "5.10.0-32-amd64", "seconds": 2121}, {"release": "6.18.44", "seconds": 90}]
+    assert matrix.timing(docs) == "5.10.0-32-amd64 35 min, 6.18.44 2 min: 37 min in all"
+    assert matrix.timing(docs[:1]) == "5.10.0-32-amd64 35 min"
+    assert "took 5.10.0-32-amd64 35 min" in matrix.HOW_TO_RUN.format(timing=matrix.timing(docs[:1])).replace("\n", " ")
