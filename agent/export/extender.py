@@ -256,7 +256,9 @@ class Pusher:
 
     def _fail(self, cause: str, detail: str) -> str:
         self.failures[cause] += 1
-        if detail != self.last_error:  # log changes, not every retry
+        if self._stop:  # an attempt that was in flight when the agent stopped: not news
+            log.debug("push to %s ended after stop (%s): %s", self.label, cause, detail)
+        elif detail != self.last_error:  # log changes, not every retry
             log.warning("push to %s failed (%s): %s", self.label, cause, detail)
         self.last_error = detail
         return RETRY

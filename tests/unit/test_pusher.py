@@ -1,5 +1,6 @@
 """The pusher against a misbehaving extender on loopback (no kernel needed)."""
 
+import logging
 import time
 
 import pytest
@@ -107,6 +108,20 @@ def test_stop_is_prompt_even_while_a_push_hangs(ext):
     t0 = time.monotonic()
     p.stop(timeout=1.0)
     assert time.monotonic() - t0 < 1.5
+
+
+def test_a_push_in_flight_at_stop_fails_without_a_warning(ext, caplog):
+    """The request a stop() left behind times out later: counted, but no "push failed"
+    warning from an agent that is shutting down (it used to log after the process's streams
+    were closed)."""
+    ext.mode = "hang"
+    p = make(ext, timeout=0.5)
+    p.offer({"sequence": 1})
+    assert wait_for(lambda: p.attempts == 1)
+    p.stop(timeout=0.05)
+    p._thread.join(5)
+    assert not p._thread.is_alive() and p.failures["timeout"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_metrics_family(ext):
