@@ -263,20 +263,45 @@ def timing(docs: list[dict]) -> str:
     return f"{each}: {max(1, round(sum(secs) / 60))} min in all" if len(docs) > 1 else each
 
 
-def replace_block(readme: str, block: str) -> str:
-    m = BEGIN_RE.search(readme)
-    end = readme.find(END)
-    if not m or end < m.end():
-        raise ValueError("no kernel-matrix:begin/end markers in the page")
-    return readme[:m.end()] + "\n" + block + "\n" + readme[end:]
+SUMMARY_BEGIN_RE = re.compile(r"^<!-- kernel-summary:begin.*-->$", re.M)
+SUMMARY_END = "<!-- kernel-summary:end -->"
 
 
-def current_block(readme: str) -> str:
-    m = BEGIN_RE.search(readme)
-    end = readme.find(END)
+def _span(page: str, begin: re.Pattern = BEGIN_RE, end_marker: str = END) -> tuple[int, int]:
+    m = begin.search(page)
+    end = page.find(end_marker)
     if not m or end < m.end():
-        raise ValueError("no kernel-matrix:begin/end markers in the page")
-    return readme[m.end():end].strip("\n")
+        raise ValueError(f"no {end_marker.split()[1].split(':')[0]}:begin/end markers in the page")
+    return m.end(), end
+
+
+def replace_block(readme: str, block: str, begin: re.Pattern = BEGIN_RE, end_marker: str = END) -> str:
+    start, end = _span(readme, begin, end_marker)
+    return readme[:start] + "\n" + block + "\n" + readme[end:]
+
+
+def current_block(readme: str, begin: re.Pattern = BEGIN_RE, end_marker: str = END) -> str:
+    start, end = _span(readme, begin, end_marker)
+    return readme[start:end].strip("\n")
+
+
+def render_summary(docs: list[dict]) -> str:
+    """The README's short table: per kernel, how many probes came up with events, the smoke
+    test, the live pod-cgroup check and the real-kernel tests (details: docs/platforms.md)."""
+    rows = [["kernel", "probes up with events", "smoke-test", "live pod cgroup", "real-kernel tests"]]
+    rows.append(["---"] * len(rows[0]))
+    for d in docs:
+        probes = (d["smoke_test"].get("doc") or {}).get("probes", {})
+        cells = {n: probe_cell(probes.get(n)) for n in PROBES}
+        up = [n for n, c in cells.items() if c == "up"]
+        other = "; ".join(f"`{n}` {c}" for n, c in cells.items() if c != "up")
+        smoke = "pass" if d["smoke_test"].get("exit_code") == 0 else "FAIL"
+        live = live_cell(d)
+        live = live.split(":")[0] if live.startswith("pass") else live.split(" (")[0]
+        rows.append([f"{d['release']} ({SUITE_LABEL.get(d['suite'], d['suite'])})",
+                     _esc(f"{len(up)} of {len(PROBES)}" + (f" ({other})" if other else "")),
+                     smoke, _esc(live), _esc(_tests_cell(d["pytest"]))])
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 def expected_block(results: Path) -> str:
@@ -318,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--results", type=Path, required=True)
     r.add_argument("--doc", "--readme", dest="doc", type=Path, required=True,
                    help="the page holding the kernel-matrix markers (docs/platforms.md)")
-    r.add_argument("--check", action="store_true", help="exit 1 if the page is out of date")
+    r.add_argument("--summary", type=Path,
+                   help="also the page holding the kernel-summary markers (README.md)")
+    r.add_argument("--check", action="store_true", help="exit 1 if a page is out of date")
     v = sub.add_parser("verdict")
     v.add_argument("--results", type=Path, required=True)
     v.add_argument("suites", nargs="+")
@@ -331,10 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.cmd == "render":
         block = expected_block(a.results)
-        text = a.doc.read_text()
+        pages = [(a.doc, block, BEGIN_RE, END)]
+        if a.summary:
+            pages.append((a.summary, render_summary(load_results(a.results)),
+                          SUMMARY_BEGIN_RE, SUMMARY_END))
         if a.check:
-            return 0 if current_block(text) == block else 1
-        a.doc.write_text(replace_block(text, block))
+            return 0 if all(current_block(p.read_text(), b, e) == blk
+                            for p, blk, b, e in pages) else 1
+        for page, blk, begin, end in pages:
+            page.write_text(replace_block(page.read_text(), blk, begin, end))
         print(block)
         return 0
     rc = 0

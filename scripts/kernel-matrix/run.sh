@@ -277,7 +277,8 @@ main() {
     wait -n || rc=1
     running=$((running - 1))
   done
-  "$REPO/.venv/bin/python" "$HERE/matrix.py" render --results "$RESULTS" --doc "$REPO/docs/platforms.md"
+  "$REPO/.venv/bin/python" "$HERE/matrix.py" render --results "$RESULTS" --doc "$REPO/docs/platforms.md" \
+    --summary "$REPO/README.md"
   "$REPO/.venv/bin/python" "$HERE/matrix.py" verdict --results "$RESULTS" "${SUITES[@]}" || rc=1
   log "done in $((SECONDS - t0))s (exit $rc)"
   return $rc

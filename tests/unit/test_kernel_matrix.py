@@ -31,6 +31,29 @@ def test_platforms_table_is_rendered_from_the_committed_results():
         "render --results tests/kernels/results --doc docs/platforms.md`")
 
 
+def test_readme_summary_is_rendered_from_the_committed_results():
+    docs = matrix.load_results(RESULTS)
+    readme = (ROOT / "README.md").read_text()
+    assert matrix.current_block(readme, matrix.SUMMARY_BEGIN_RE, matrix.SUMMARY_END) == \
+        matrix.render_summary(docs), (
+        "README.md kernel summary is stale: run `scripts/kernel-matrix/matrix.py render --results "
+        "tests/kernels/results --doc docs/platforms.md --summary README.md`")
+
+
+def test_summary_row_counts_the_probes_up_and_names_the_others():
+    doc = {"release": "5.10.0-32-amd64", "suite": "bullseye", "smoke_test": {"exit_code": 0, "doc": {
+        "probes": {n: {"state": "up", "events": 3} for n in matrix.PROBES}}},
+        "pytest": {"counts": {"passed": 35, "skipped": 1}, "tests": {matrix.LIVE_TEST: "passed"}}}
+    doc["smoke_test"]["doc"]["probes"]["skb_drop"]["detail"] = {"reason_names": "no reason field"}
+    row = matrix.render_summary([doc]).splitlines()[2]
+    n = len(matrix.PROBES)
+    assert row == (f"| 5.10.0-32-amd64 (Debian 11 bullseye) | {n - 1} of {n} (`skb_drop` degraded "
+                   "(no drop `reason` field: every drop counted as `unknown`)) | pass | pass | "
+                   "35 passed, 1 skipped |")
+    doc["pytest"]["tests"][matrix.LIVE_TEST] = "failed: AssertionError: 90 MiB"
+    assert "| FAIL |" in matrix.render_summary([doc])
+
+
 def test_every_committed_result_names_its_kernel_and_all_probes():
     for path in sorted(RESULTS.glob("*.json")):
         doc = json.loads(path.read_text())
