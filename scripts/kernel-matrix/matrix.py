@@ -257,7 +257,7 @@ def render_block(docs: list[dict]) -> str:
 
 
 def timing(docs: list[dict]) -> str:
-    """How long each recorded run took: "6.1.0-50-amd64 24 min, ..., 62 min in all"."""
+    """How long each recorded run took: "5.10.0-32-amd64 35 min, 6.1.0-50-amd64 15 min: 50 min in all"."""
     secs = [int(d.get("seconds", 0)) for d in docs]
     each = ", ".join(f"{d['release']} {max(1, round(t / 60))} min" for d, t in zip(docs, secs))
     return f"{each}: {max(1, round(sum(secs) / 60))} min in all" if len(docs) > 1 else each
