@@ -10,6 +10,7 @@ from agent.kernel import DropReasons, read_btf_enum, resolve_drop_reasons
 from agent.model import ProbeSnapshot
 from agent.probes.base import BccProbe
 from agent.probes.bpfmaps import Maps
+from agent.probes.loader import CompileRequest
 from agent.probes.spec import Context, Field, Figures, MapSpec, ProbeSpec, Series, Signal, Smoke
 from agent.stats.scoring import weighted_drop_rate
 
@@ -122,11 +123,13 @@ class SkbDropProbe(BccProbe):
     def defines(self) -> dict:
         return {**super().defines(), **({"HAVE_REASON": 1} if self.has_reason else {})}
 
-    def start(self) -> None:
+    def compile_request(self) -> CompileRequest:
+        # here, not in start(): the agent's start-up compiles every probe in one child
+        # (ProbeSet.start_all: compile_request, then adopt) and never calls start()
         self.check_supported()
         self.detail["reason_names"] = (self.reasons.source if self.has_reason
                                        else "no reason field: counted as 'unknown'")
-        super().start()
+        return super().compile_request()
 
     def reason_name(self, slot: int) -> str | None:
         reasons = self.reasons

@@ -154,3 +154,24 @@ def test_include_path_is_absolute_even_for_a_relative_bpf_dir(monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)
     p = PROBE_CLASSES["skb_drop"](Config(bpf_dir=Path("bpf")), kinfo("6.18"))
     assert p.cflags()[0] == f"-I{tmp_path / 'bpf'}"
+
+
+@pytest.mark.parametrize("prefix, has_reason", [("5.10", False), ("6.12", True)])
+def test_skb_drop_says_where_its_reason_names_come_from_when_started_with_the_others(
+        monkeypatch, prefix, has_reason):
+    """The agent's start-up (ProbeSet.start_all: one compiling child for every probe) never
+    calls a probe's start(): the detail the smoke test and the kernel matrix show ("no reason
+    field" on 5.10) must be set on that path too. The child is stubbed: it fails the compile."""
+    from agent import sampler
+    from agent.probes.loader import CompileFailed
+
+    def no_child(reqs, timeout, on_result, argv=None):
+        for r in reqs:
+            on_result(r.name, CompileFailed("stub: no compile here"))
+
+    monkeypatch.setattr(sampler, "compile_batch", no_child)
+    p = SkbDropProbe(Config(), dataclasses.replace(kinfo(prefix), bpf_permitted=True))
+    states = sampler.ProbeSet([p]).start_all()
+    assert "stub: no compile here" in states["skb_drop"].reason  # it went through the batch
+    want = p.reasons.source if has_reason else "no reason field: counted as 'unknown'"
+    assert want and p.detail["reason_names"] == want
