@@ -165,14 +165,19 @@ def _esc(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def probe_cell(p: dict | None) -> str:
-    """One probe's smoke-test result -> up / degraded (why) / unsupported (why) / down (why)."""
+def probe_cell(p: dict | None, features: dict | None = None, name: str = "") -> str:
+    """Probe ``name``'s smoke-test result -> up / degraded (why) / unsupported (why) / down (why).
+    ``features``: the kernel's check-kernel features, whose "drop reasons" line says whether
+    kfree_skb has a reason field (also when skb_drop's own detail does not say so)."""
     if not p:
         return "not run"
     state = p.get("state", "?")
     reason = _one_line(p.get("reason", ""), 90)
     if state == "up":
         names = (p.get("detail") or {}).get("reason_names", "")
+        if name == "skb_drop" and \
+                (features or {}).get("drop reasons", "").startswith("no reason field"):
+            names = names or "no reason field"
         if names.startswith("no reason field"):
             return "degraded (no drop `reason` field: every drop counted as `unknown`)"
         if not p.get("events"):
@@ -234,7 +239,8 @@ def render_block(docs: list[dict]) -> str:
         probes = (smoke.get("doc") or {}).get("probes", {})
         label = f"{d['release']} ({SUITE_LABEL.get(d['suite'], d['suite'])})"
         verdict = "pass" if smoke.get("exit_code") == 0 else f"FAIL (exit {smoke.get('exit_code')})"
-        rows.append([label, *[_esc(probe_cell(probes.get(n))) for n in PROBES], verdict,
+        feats = (d["check_kernel"].get("doc") or {}).get("features")
+        rows.append([label, *[_esc(probe_cell(probes.get(n), feats, n)) for n in PROBES], verdict,
                      _esc(live_cell(d)), _tests_cell(d["pytest"])])
         for node, outcome in (d["pytest"].get("tests") or {}).items():
             if outcome != "passed":
@@ -292,7 +298,8 @@ def render_summary(docs: list[dict]) -> str:
     rows.append(["---"] * len(rows[0]))
     for d in docs:
         probes = (d["smoke_test"].get("doc") or {}).get("probes", {})
-        cells = {n: probe_cell(probes.get(n)) for n in PROBES}
+        feats = (d.get("check_kernel", {}).get("doc") or {}).get("features")
+        cells = {n: probe_cell(probes.get(n), feats, n) for n in PROBES}
         up = [n for n, c in cells.items() if c == "up"]
         other = "; ".join(f"`{n}` {c}" for n, c in cells.items() if c != "up")
         smoke = "pass" if d["smoke_test"].get("exit_code") == 0 else "FAIL"

@@ -87,6 +87,14 @@ def test_probe_cell(probe, cell):
     assert matrix.probe_cell(probe) == cell
 
 
+def test_skb_drop_without_a_reason_field_is_degraded_by_check_kernels_account_too():
+    up = {"state": "up", "events": 16, "top_reasons": {"unknown": 16}}
+    none = {"drop reasons": "no reason field on this kernel: drops counted as 'unknown'"}
+    assert matrix.probe_cell(up, none, "skb_drop").startswith("degraded (no drop `reason` field")
+    assert matrix.probe_cell(up, {"drop reasons": "93 names from btf"}, "skb_drop") == "up"
+    assert matrix.probe_cell({"state": "up", "events": 3}, none, "tcp_rtt") == "up"
+
+
 def test_replace_block_touches_only_the_marked_section():
     text = ("# t\nbefore\n<!-- kernel-matrix:begin (generated) -->\nold\n"
             "<!-- kernel-matrix:end -->\nafter\n")
