@@ -12,7 +12,7 @@
 # with other work on the host).
 #
 # KMATRIX_GUEST_TIMEOUT=SECONDS bounds one guest (default 3600; on a quiet machine the whole
-# guest suite took 35 min on 5.10, the slowest; other work on the CPUs makes it much longer).
+# guest suite took 33 min on 5.10, the slowest; other work on the CPUs makes it much longer).
 #
 # KMATRIX_VNG=PATH boots with that vng instead of the one installed into the cache's venv (the
 # interruption test uses a stand-in). Interrupted (SIGTERM, SIGINT, SIGHUP) or finished, the
