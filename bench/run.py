@@ -8,9 +8,11 @@ goes, before vs after the probe rework on the same events (where_time_goes); 2. 
 4. histogram accuracy (accuracy); 5. the scheduler extender (extender: ingestion, prioritize
 latency at 5,000 nodes, RSS; alone: python -m bench.extender); 6. the lean agent (bench.lean:
 RSS/peak at 0 and 200 pods, start times, compile peak, map read cost, beside another build
-when /work/main has one); 7. peers on the same events (bench.peers: libbpf-tools', bcc's
-and bpftrace's runqlat and bpftrace one-liners, both attach orders). Ratios are taken within one run; absolute times drift on a
-shared machine.
+when /work/main has one; bench.map_reads: each probe's read() with the maps holding 0, 200 and
+1,000 pods' addresses and cgroups, filled by the kernel, before and after the lean agent);
+7. peers on the same events (bench.peers: libbpf-tools', bcc's and bpftrace's runqlat and
+bpftrace one-liners, both attach orders). Ratios are taken within one run; absolute times drift
+on a shared machine.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from bench import accuracy, agent_cost, probe_cost, report_cost, tax, where_time_goes
 from bench import extender as extender_bench
 from bench import lean as lean_bench
+from bench import map_reads as map_reads_bench
 from bench import peers as peers_bench
 
 
@@ -46,6 +49,7 @@ def main() -> None:
     res["accuracy"] = accuracy.run(3 if q else 6)
     res["extender"] = extender_bench.run(q)
     res["lean"] = lean_bench.run(lean_bench.DEFAULT_BEFORE)
+    res["map_reads"] = map_reads_bench.run(reads=20 if q else 50, reps=1 if q else 2)
     res["peers"] = peers_bench.run(5 if q else 10)
     res["seconds"] = round(time.monotonic() - t0)
     print_table(res)
@@ -102,6 +106,8 @@ def print_table(res: dict) -> None:
         extender_bench.print_table(res["extender"])
     if "lean" in res:
         lean_bench.print_table(res["lean"])
+    if "map_reads" in res:
+        map_reads_bench.print_table(res["map_reads"])
     if "peers" in res:
         peers_bench.print_table(res["peers"])
 
