@@ -28,7 +28,7 @@ check-kernel: dev-setup
 run: dev-setup
 	$(AGENT) run $(RUN_ARGS)
 
-# numbers, not tests: one table, also written to bench/results/latest.json (about 7 minutes)
+# numbers, not tests: one table, also written to bench/results/latest.json (about 10 minutes)
 bench:
 	@DEV_SETUP_BENCH=1 ./scripts/dev-setup.sh
 	$(PY) -m bench.run --json bench/results/latest.json
